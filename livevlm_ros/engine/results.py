@@ -1,0 +1,81 @@
+"""Plain result records returned by the engine (no tensors inside, safe to log or serialise)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class AskResult:
+    """One answered question.
+
+    Attributes:
+        answer: decoded answer text (special tokens stripped).
+        ttft_s: seconds from the call to the first answer token (includes flushing pending frames).
+        total_s: seconds for the whole call.
+        frames_seen: frames ingested into this stream so far (compressed or not).
+        span_start / span_end: stream-time range (s) of the memory the answer could attend to
+            (after the time window and retrieval), ``None`` when no frame was visible.
+        memory_tokens: tokens held in memory (per layer) when the question came.
+        context_tokens: tokens the answer attended to (prefix + retrieved + short-term), mean over layers.
+        pages_retrieved / pages_total: PaR pages kept / available, mean over layers (0 without PaR).
+        new_tokens: answer tokens generated.
+        stop_reason: ``"eos"``, ``"length"`` or ``"cancelled"``.
+    """
+
+    answer: str
+    ttft_s: float
+    total_s: float
+    frames_seen: int
+    span_start: Optional[float]
+    span_end: Optional[float]
+    memory_tokens: int
+    context_tokens: float
+    pages_retrieved: float
+    pages_total: float
+    new_tokens: int
+    stop_reason: str
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop_reason == "cancelled"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MemoryStats:
+    """State of one stream's memory.
+
+    Attributes:
+        tokens: tokens per layer held on the device (prefix + long-term + short-term).
+        budget: long-term budget M (tokens), or ``None`` for the unbounded ``full`` policy.
+        prefix_tokens / long_term_tokens / short_term_tokens: the three segments.
+        frames_ingested: frames prefilled into the model since the last reset.
+        frames_pending: frames buffered for the next clip, not yet prefilled.
+        oldest_time / newest_time: stream-time range (s) of the frames with tokens in memory.
+        max_position_id: largest position id used so far (prefill or decode), compacted.
+        max_position_embeddings: the language model's trained context length.
+        device_kv_bytes: bytes of key/value tensors on the model's device.
+        host_kv_bytes: bytes of key/value tensors offloaded to host memory (``rekv`` only).
+    """
+
+    tokens: int
+    budget: Optional[int]
+    prefix_tokens: int
+    long_term_tokens: int
+    short_term_tokens: int
+    frames_ingested: int
+    frames_pending: int
+    oldest_time: Optional[float]
+    newest_time: Optional[float]
+    max_position_id: int
+    max_position_embeddings: int
+    device_kv_bytes: int
+    host_kv_bytes: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
