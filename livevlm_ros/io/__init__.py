@@ -1,0 +1,49 @@
+"""ROS-free frame I/O: image message decoding, offline frame sources, a synthetic test scene.
+
+Importing this package needs only numpy and Pillow; PyAV and rosbags are imported when a
+video or bag source is opened.
+"""
+
+from .image_codec import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_COMPRESSED_FORMATS,
+    SUPPORTED_ENCODINGS,
+    ImageDecodeError,
+    decode_compressed_image,
+    decode_image_msg,
+    decode_raw_image,
+    is_compressed_msg,
+)
+from .sources import (
+    BagSource,
+    FolderSource,
+    FrameSource,
+    SourceError,
+    TimestampSampler,
+    VideoSource,
+    open_source,
+    stamp_to_seconds,
+)
+from .synthetic_scene import SceneEvent, ShapeTrack, SyntheticScene
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_COMPRESSED_FORMATS",
+    "SUPPORTED_ENCODINGS",
+    "ImageDecodeError",
+    "decode_compressed_image",
+    "decode_image_msg",
+    "decode_raw_image",
+    "is_compressed_msg",
+    "BagSource",
+    "FolderSource",
+    "FrameSource",
+    "SourceError",
+    "TimestampSampler",
+    "VideoSource",
+    "open_source",
+    "stamp_to_seconds",
+    "SceneEvent",
+    "ShapeTrack",
+    "SyntheticScene",
+]
