@@ -316,7 +316,9 @@ def decode_compressed_image(data: Buffer, format: str = "", max_pixels: int = DE
             image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's own limit, checked in open() from the header
+        raise ImageDecodeError(f"{what}: size exceeds max_pixels={max_pixels}: {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"{what}: cannot decode: {err}") from err
     return _pil_to_rgb(image)
 
