@@ -30,7 +30,7 @@ from . import compression, retrieval
 from .answer_cache import AnswerCache
 from .config import EngineConfig
 from .decoder import RotaryTable, attend, finish, logits_of, observation_scores, project
-from .errors import EmptyMemoryError, InvalidQuestionError, TimestampError
+from .errors import EmptyMemoryError, InvalidFrameError, InvalidQuestionError, TimestampError
 from .kv_memory import KVMemory
 from .models.base import VideoLLM, check_frame
 from .results import AskResult, MemoryStats
@@ -111,8 +111,23 @@ class LiveVLMStream:
             InvalidFrameError, TimestampError: memory and buffer unchanged.
         """
         check_frame(frame)
+        self._buffer(frame.copy(), timestamp)
+
+    def ingest_embeddings(self, embeds: torch.Tensor, timestamp: float) -> None:
+        """Add one "frame" given directly as language-model input embeddings ``[n, hidden]``.
+
+        For proxies and tests that bypass the vision tower (e.g. a frame made of caption tokens).
+        It is buffered, prefilled and compressed exactly like an image frame.
+        """
+        if embeds.ndim != 2 or embeds.shape[1] != self.model.hidden_size or embeds.shape[0] == 0:
+            raise InvalidFrameError(
+                f"embeddings must have shape [n > 0, {self.model.hidden_size}], got {tuple(embeds.shape)}"
+            )
+        self._buffer(embeds.detach().to(device=self.model.device, dtype=self.model.dtype), timestamp)
+
+    def _buffer(self, item, timestamp: float) -> None:
         self._check_timestamp(timestamp)
-        self._pending.append((frame.copy(), float(timestamp)))
+        self._pending.append((item, float(timestamp)))
         if self._first_time is None:
             self._first_time = float(timestamp)
         self._last_time = float(timestamp)
@@ -140,18 +155,27 @@ class LiveVLMStream:
         return len(frames)
 
     def _prefill_clip(self, frames: list[np.ndarray], times: list[float]) -> None:
-        relative = [t - self._first_time for t in times]
-        frame_tokens = self.model.encode_frames(frames, relative)
-        counts = torch.tensor([ft.embeds.shape[0] for ft in frame_tokens])
+        frame_embeds = self._encode(frames, [t - self._first_time for t in times])
+        counts = torch.tensor([e.shape[0] for e in frame_embeds])
         first_index = self._frames_ingested
         frame_index = torch.repeat_interleave(torch.arange(first_index, first_index + len(frames)), counts)
         stamps = torch.repeat_interleave(torch.tensor(times, dtype=torch.float64), counts)
-        embeds = torch.cat([ft.embeds for ft in frame_tokens])
+        embeds = torch.cat(frame_embeds)
         observe = self.config.observation_tokens or int(counts[-1])
         needs_scores = self.config.memory in ("vsb", "topk")
         scores = self._prefill(embeds, frame_index, stamps, min(observe, embeds.shape[0]) if needs_scores else 0)
         self._frames_ingested += len(frames)
         self._compress(scores)
+
+    def _encode(self, items: list, relative_times: list[float]) -> list[torch.Tensor]:
+        """Embeddings ``[n_i, hidden]`` of each buffered item: images go through the vision tower in one batch."""
+        images = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
+        result = list(items)
+        if images:
+            encoded = self.model.encode_frames([items[i] for i in images], [relative_times[i] for i in images])
+            for i, frame_tokens in zip(images, encoded):
+                result[i] = frame_tokens.embeds
+        return result
 
     def _write_prefix(self) -> None:
         embeds = self.model.embed_text(self.model.prefix_text(self.config.system_prompt))
