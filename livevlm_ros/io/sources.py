@@ -139,11 +139,30 @@ class FrameSource:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self, on_bad_frame: Optional[Callable[[float, ImageDecodeError], None]] = None) -> Iterator[Frame]:
+        """Iterate the sampled frames.
+
+        Args:
+            on_bad_frame: called with ``(timestamp_s, error)`` for a frame that fails to decode,
+                which is then skipped; ``None`` (the default, and plain iteration): the
+                :class:`~livevlm_ros.io.image_codec.ImageDecodeError` is raised.
+        """
         sampler = TimestampSampler(self.fps)
         for timestamp, decode in self._lazy_frames():
-            if sampler.keep(timestamp):
-                yield timestamp, decode()
+            keep = sampler.keep(timestamp)
             self.out_of_order = sampler.out_of_order
+            if not keep:
+                continue
+            try:
+                rgb = decode()
+            except ImageDecodeError as err:
+                if on_bad_frame is None:
+                    raise
+                on_bad_frame(timestamp, err)
+                continue
+            yield timestamp, rgb
 
     @property
     def expected_frames(self) -> Optional[int]:

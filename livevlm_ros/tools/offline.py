@@ -1,0 +1,436 @@
+"""``livevlm_offline``: run the LiveVLM pipeline over a recording and answer questions at set times.
+
+Usage::
+
+    livevlm_offline SOURCE [--topic T] [--fps F] [--model M] [--device D] [--dtype T]
+                    [--memory {full,sliding,topk,vsb,rekv}] [--retrieval {none,par,par-pe}]
+                    [--budget TOKENS] [--max-new-tokens N] [--ask "T:QUESTION" ...] [--json]
+                    [... every other EngineConfig field as --field-name ...]
+
+``SOURCE`` is a video file, a rosbag2 directory / .mcap / .db3 / ROS 1 .bag (``--topic`` picks
+the image topic when there are several), or a folder of JPEG/PNG images.
+
+Times: ask times and every time printed are *seconds since the first frame* of the source;
+the engine is fed those relative times too. For a bag, add ``time_offset_s`` (in ``--json``
+output) to get header-stamp time back.
+
+A question ``--ask "T:Q"`` is asked once the stream reaches ``T``: every sampled frame stamped
+``<= T`` has been ingested (``ask`` prefills pending frames itself). Questions are asked in
+time order; those after the end of the stream are asked at the end.
+
+``--json`` prints exactly one JSON object on stdout::
+
+    {"answers": [{"time", "question", "asked_at", "answer", "error", "ttft_s", "total_s",
+                  "frames_seen", "span_start", "span_end", "memory_tokens", "context_tokens",
+                  "pages_retrieved", "pages_total", "new_tokens", "stop_reason"}, ...],
+     "memory": {MemoryStats fields: "tokens", "budget", "frames_ingested", "max_position_id",
+                "max_position_embeddings", ...},
+     "model": name, "random_weights": bool, "device", "dtype",
+     "source": {"path", "kind", "topic", "fps", "frames_ingested", "frames_skipped",
+                "duration_s", "time_offset_s"},
+     "config": {EngineConfig fields}}
+
+An engine error on one question (e.g. no frame yet) is reported in that answer's ``"error"``
+(its other result fields ``null``) and the run goes on. Exit status: 0 done, 1 the model or
+the source could not be opened, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from livevlm_ros.engine import (
+    MEMORY_POLICIES,
+    RETRIEVAL_POLICIES,
+    AskResult,
+    EngineConfig,
+    InvalidFrameError,
+    LiveVLMError,
+    LiveVLMStream,
+    TimestampError,
+    load_video_llm,
+)
+from livevlm_ros.io.sources import FrameSource, SourceError, open_source
+
+DEFAULT_MODEL = "tiny-llava-onevision"
+DEFAULT_DEVICE = "cpu"
+DEFAULT_DTYPE = "float32"
+DEFAULT_FPS = 1.0
+
+#: EngineConfig fields whose option name is not ``--field-name``: field -> (flags...)
+_OPTION_FLAGS = {"budget_tokens": ("--budget", "--budget-tokens")}
+#: EngineConfig fields restricted to a set of values.
+_OPTION_CHOICES = {"memory": MEMORY_POLICIES, "retrieval": RETRIEVAL_POLICIES}
+
+
+# --------------------------------------------------------------------------------------------
+# Questions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One ``--ask``: ``question`` asked at ``time`` seconds after the first frame."""
+
+    time: float
+    question: str
+
+
+def parse_ask(text: str) -> Ask:
+    """``"T:QUESTION"`` -> :class:`Ask`; ``T`` is a non-negative number of seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: bad syntax (argparse turns it into a usage error).
+    """
+    head, sep, question = text.partition(":")
+    try:
+        time_s = float(head)
+    except ValueError:
+        time_s = math.nan
+    if not sep or not question.strip() or not math.isfinite(time_s) or time_s < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected 'T:QUESTION' with T >= 0 seconds since the first frame, got {text!r}"
+        )
+    return Ask(time_s, question.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# Options generated from EngineConfig
+# --------------------------------------------------------------------------------------------
+
+
+def _field_docs() -> Dict[str, str]:
+    """``{field: help}`` from the "Attributes:" section of EngineConfig's docstring."""
+    docs: Dict[str, List[str]] = {}
+    current: Optional[List[str]] = None
+    for line in (EngineConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        match = re.match(r"^\s{8}(\w+)(?:\s*/\s*\w+)*:\s*(.*)$", line)
+        if match:
+            current = docs.setdefault(match.group(1), [match.group(2)])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return {name: re.sub(r"``|:\w+:`([^`]*)`", r"\1", " ".join(words)).replace("`", "") for name, words in docs.items()}
+
+
+def _scalar_type(annotation: Any) -> Optional[type]:
+    """``int``/``float``/``str``/``bool`` for a field annotation (``Optional[X]`` -> X), else None."""
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    return annotation if annotation in (int, float, str, bool) else None
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per EngineConfig field (``--clip-frames`` ...), defaulting to the dataclass."""
+    group = parser.add_argument_group("engine configuration (EngineConfig fields)")
+    hints = typing.get_type_hints(EngineConfig)
+    docs = _field_docs()
+    for field in dataclasses.fields(EngineConfig):
+        kind = _scalar_type(hints[field.name])
+        if kind is None:  # a structured field: not settable from the command line
+            continue
+        flags = _OPTION_FLAGS.get(field.name, ("--" + field.name.replace("_", "-"),))
+        help_text = f"{docs.get(field.name, field.name)} (default: {field.default})"
+        options: Dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS, help=help_text)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options.update(type=kind, metavar=field.name.upper())
+        if field.name in _OPTION_CHOICES:
+            options.update(choices=_OPTION_CHOICES[field.name], metavar=None)
+        group.add_argument(*flags, **options)
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The EngineConfig with every field given on the command line (ConfigError if invalid)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if hasattr(args, f.name)}
+    return EngineConfig(**given)
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livevlm_offline",
+        description="Run LiveVLM over a video file, a ROS bag or an image folder and answer questions "
+        "at given stream times. Times are seconds since the first frame.",
+    )
+    parser.add_argument("source", metavar="SOURCE", help="video file, rosbag2 directory/.mcap/.db3, ROS 1 .bag, or image folder")
+    parser.add_argument("--topic", help="image topic of a bag (sensor_msgs/Image or CompressedImage); "
+                        "default: the bag's only image topic")
+    parser.add_argument("--fps", type=_non_negative_float, default=DEFAULT_FPS,
+                        help="frames per second of stream time fed to the engine; 0: every frame (default: %(default)s)")
+    parser.add_argument("--folder-fps", type=_non_negative_float, default=1.0,
+                        help="frame rate assumed for an image folder: timestamps = index / folder-fps (default: %(default)s)")
+    parser.add_argument("--duration", type=_non_negative_float, default=None,
+                        help="stop after this many seconds of stream time (default: the whole source)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="tiny-llava-onevision / tiny-smolvlm (random weights, for tests), a hub id or a local directory (default: %(default)s)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, help="float32, float16 or bfloat16 (default: %(default)s)")
+    parser.add_argument("--ask", dest="asks", action="append", type=parse_ask, default=[], metavar="T:QUESTION",
+                        help="ask QUESTION once the stream reaches T seconds (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_config_options(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+_RESULT_FIELDS = [f.name for f in dataclasses.fields(AskResult)]
+
+
+def ask_one(stream: LiveVLMStream, ask: Ask, asked_at: Optional[float]) -> Dict[str, Any]:
+    """Ask one question; returns its answer entry (``"error"`` set on an engine error)."""
+    entry: Dict[str, Any] = {"time": ask.time, "question": ask.question, "asked_at": asked_at}
+    try:
+        result = stream.ask(ask.question)
+    except LiveVLMError as err:
+        entry.update({name: None for name in _RESULT_FIELDS}, error=f"{type(err).__name__}: {err}")
+        return entry
+    entry.update(result.to_dict(), error=None)
+    return entry
+
+
+class OfflineRun:
+    """Feeds frames to a stream, asking each question once the stream reaches its time.
+
+    Times are relative to the first frame seen (``time_offset_s``, source seconds).
+
+    Attributes:
+        answers: answer entries (see :func:`ask_one`) in the order asked.
+        frames_ingested / frames_skipped: frames given to the engine / dropped (bad data or
+            rejected by the engine).
+        time_offset_s: timestamp of the first frame (``None`` before any).
+        last_time: relative time of the newest ingested frame (``None`` before any).
+    """
+
+    def __init__(self, stream, asks: Sequence[Ask], on_answer=lambda entry: None, warn=lambda message: None) -> None:
+        self.stream = stream
+        self.pending = sorted(asks, key=lambda a: a.time)  # stable: equal times keep their order
+        self.on_answer, self.warn = on_answer, warn
+        self.answers: List[Dict[str, Any]] = []
+        self.frames_ingested = self.frames_skipped = 0
+        self.time_offset_s: Optional[float] = None
+        self.last_time: Optional[float] = None
+
+    def relative(self, timestamp: float) -> float:
+        """Seconds since the first frame (the first call sets the offset)."""
+        if self.time_offset_s is None:
+            self.time_offset_s = timestamp
+        return timestamp - self.time_offset_s
+
+    def ask_until(self, time_s: float) -> None:
+        """Ask every pending question stamped before ``time_s`` (relative seconds)."""
+        while self.pending and self.pending[0].time < time_s:
+            entry = ask_one(self.stream, self.pending.pop(0), self.last_time)
+            self.answers.append(entry)
+            self.on_answer(entry)
+
+    def ingest(self, timestamp: float, rgb) -> None:
+        """Ask the questions due before this frame, then ingest it (skipped if rejected)."""
+        relative = self.relative(timestamp)
+        self.ask_until(relative)
+        try:
+            self.stream.ingest(rgb, relative)
+        except (InvalidFrameError, TimestampError) as err:
+            self.skip(timestamp, err)
+            return
+        self.frames_ingested += 1
+        self.last_time = relative
+
+    def skip(self, timestamp: float, error: Exception) -> None:
+        """Count a dropped frame and warn about it."""
+        self.frames_skipped += 1
+        self.warn(f"frame at {self.relative(timestamp):.3f} s skipped: {error}")
+
+    def finish(self) -> None:
+        """Prefill the frames still buffered, then ask the questions left (after the end)."""
+        self.stream.flush()
+        self.ask_until(math.inf)
+
+
+def run_stream(
+    stream,
+    source: FrameSource,
+    asks: Sequence[Ask],
+    *,
+    duration_s: Optional[float] = None,
+    progress: bool = True,
+    on_answer=lambda entry: None,
+    warn=lambda message: None,
+) -> OfflineRun:
+    """Ingest ``source`` into ``stream`` (up to ``duration_s`` seconds after its first frame) and
+    answer ``asks`` at their times; returns the finished :class:`OfflineRun`.
+
+    A tqdm bar on stderr shows progress (``progress=False``: none). Frames that fail to decode
+    or that the engine rejects are skipped, counted and passed to ``warn``.
+    """
+    run = OfflineRun(stream, asks, on_answer, warn)
+    total = source.expected_frames
+    if duration_s is not None and source.fps and total is not None:
+        total = min(total, int(duration_s * source.fps) + 1)
+    with tqdm(total=total, file=sys.stderr, disable=not progress, unit="frame", dynamic_ncols=True) as bar:
+        for timestamp, rgb in source.frames(on_bad_frame=run.skip):
+            if duration_s is not None and run.relative(timestamp) > duration_s:
+                break
+            run.ingest(timestamp, rgb)
+            bar.update(1)
+    run.finish()
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def random_weights_banner(model_name: str) -> str:
+    return (
+        f"NOTE: model {model_name!r} has RANDOM WEIGHTS (a built-in test model): its answers are "
+        "NOT about the images. Use a real checkpoint (--model <hub id or directory>) for real answers."
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (random-weight models emit ``\\r`` and worse)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def format_answer(entry: Dict[str, Any]) -> str:
+    """Human-readable lines for one answer entry."""
+    lines = [f"[{entry['time']:8.2f} s] Q: {printable(entry['question'])}"]
+    if entry["error"]:
+        lines.append(f"             ERROR: {entry['error']}")
+        return "\n".join(lines)
+    lines.append(f"             A: {printable(entry['answer'])}")
+    lines.append(
+        f"             ttft {entry['ttft_s']:.3f} s, total {entry['total_s']:.3f} s, "
+        f"{entry['frames_seen']} frames, memory {entry['memory_tokens']} tokens, "
+        f"pages {entry['pages_retrieved']:.1f}/{entry['pages_total']:.1f}"
+    )
+    return "\n".join(lines)
+
+
+def format_memory(memory: Dict[str, Any]) -> str:
+    budget = "unbounded" if memory.get("budget") is None else f"budget {memory['budget']}"
+    return (
+        f"memory: {memory['tokens']} tokens ({budget}), {memory['frames_ingested']} frames ingested, "
+        f"max position {memory['max_position_id']}/{memory['max_position_embeddings']}"
+    )
+
+
+def json_report(args: argparse.Namespace, config: EngineConfig, model, source: FrameSource, run: OfflineRun,
+                memory: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``--json`` object (see the module docstring); non-finite floats become ``null``."""
+    return _finite({
+        "answers": run.answers,
+        "memory": memory,
+        "model": model.name,
+        "random_weights": bool(model.is_tiny),
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "source": {
+            "path": args.source,
+            "kind": type(source).__name__,
+            "topic": getattr(source, "topic", None),
+            "fps": source.fps,
+            "frames_ingested": run.frames_ingested,
+            "frames_skipped": run.frames_skipped,
+            "duration_s": source.duration_s,
+            "time_offset_s": run.time_offset_s,
+        },
+        "config": dataclasses.asdict(config),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> int:
+    print(f"livevlm_offline: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``livevlm_offline``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except LiveVLMError as err:
+        parser.error(str(err))
+    try:
+        source = open_source(args.source, topic=args.topic, fps=args.fps or None, folder_fps=args.folder_fps)
+    except (SourceError, OSError) as err:
+        return _error(str(err))
+    try:
+        model = load_video_llm(args.model, device=args.device, dtype=args.dtype)
+    except LiveVLMError as err:
+        return _error(f"could not load model {args.model!r}: {err}")
+    human = not args.json
+
+    def emit(text: str) -> None:  # human text on stdout; in --json mode stdout is the JSON only
+        tqdm.write(text, file=sys.stdout if human else sys.stderr)
+
+    if model.is_tiny:
+        emit(random_weights_banner(model.name))
+    try:
+        stream = LiveVLMStream(model, config)
+    except LiveVLMError as err:
+        return _error(f"could not start a stream: {err}")
+    run = run_stream(
+        stream,
+        source,
+        args.asks,
+        duration_s=args.duration,
+        progress=not args.no_progress,
+        on_answer=(lambda entry: emit(format_answer(entry))) if human else (lambda entry: None),
+        warn=lambda message: tqdm.write(f"livevlm_offline: warning: {message}", file=sys.stderr),
+    )
+    memory = stream.stats().to_dict()
+    if not human:
+        print(json.dumps(json_report(args, config, model, source, run, memory)), flush=True)
+        return 0
+    emit(format_memory(memory))
+    if run.frames_skipped:
+        emit(f"{run.frames_skipped} frame(s) skipped (see warnings above)")
+    if model.is_tiny:
+        emit(random_weights_banner(model.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
