@@ -270,14 +270,27 @@ class LiveVLMStream:
         """
         started = time.perf_counter()
         max_new = self._validate_question(question, max_new_tokens, since, until, temperature, top_p)
+        with torch.inference_mode():
+            cache, logits, stats = self._start_answer(question, since, until, max_new)
+            return self._decode(cache, logits, stats, max_new, started, on_token, should_stop,
+                                self._sampler(do_sample, temperature, top_p, seed))
+
+    def first_token_logits(self, question: str, *, since: Optional[float] = None,
+                           until: Optional[float] = None) -> torch.Tensor:
+        """``[vocab]`` float32 logits of the answer's first token, through the same path as :meth:`ask`.
+
+        For fidelity checks (against ``model.generate``, or between memory policies).
+        """
+        self._validate_question(question, None, since, until, 1.0, 1.0)
+        with torch.inference_mode():
+            return self._start_answer(question, since, until, max_new=1)[1]
+
+    def _start_answer(self, question: str, since: Optional[float], until: Optional[float], max_new: int):
+        """Flush pending frames, then prefill the question: (answer cache, first logits, stats)."""
         self.flush()
         if self._frames_ingested == 0:
             raise EmptyMemoryError("no frame has been ingested yet: nothing to answer about")
-        with torch.inference_mode():
-            visible = self._visible_tokens(since, until)
-            cache, logits, stats = self._prefill_question(question, visible, max_new)
-            return self._decode(cache, logits, stats, max_new, started, on_token, should_stop,
-                                self._sampler(do_sample, temperature, top_p, seed))
+        return self._prefill_question(question, self._visible_tokens(since, until), max_new)
 
     def _validate_question(self, question, max_new_tokens, since, until, temperature, top_p) -> int:
         if not isinstance(question, str) or not question.strip():

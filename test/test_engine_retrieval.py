@@ -1,0 +1,98 @@
+"""PaR page retrieval and ReKV-style frame retrieval."""
+
+import math
+
+import pytest
+import torch
+from engine_helpers import random_frames, stream_of
+
+from livevlm_ros.engine import retrieval
+
+
+def test_group_means_and_pooled_scores_match_brute_force():
+    torch.manual_seed(0)
+    kv_heads, heads, n, d, q = 2, 6, 37, 8, 5
+    keys = torch.randn(kv_heads, n, d)
+    queries = torch.randn(heads, q, d)
+    page_ids, n_pages = retrieval.pages_of(n, 16, keys.device)
+    assert n_pages == 3 and page_ids.tolist()[-5:] == [2] * 5
+    means = retrieval.group_means(keys, page_ids, n_pages)
+    assert torch.allclose(means[:, 2], keys[:, 32:].mean(dim=1), atol=1e-6)
+    scores = retrieval.score_groups(retrieval.pooled_query(queries, kv_heads), means)
+    # brute force: mean over query heads and question tokens of q . page_mean of the head's KV group
+    group = torch.arange(heads) // (heads // kv_heads)
+    brute = torch.stack([
+        torch.einsum("hqd,hd->hq", queries, means[group, p]).mean() for p in range(n_pages)
+    ])
+    assert torch.allclose(scores, brute, atol=1e-5)
+
+
+def test_top_groups_ratio_and_order():
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.2])
+    assert retrieval.top_groups(scores, ratio=0.4).tolist() == [1, 3]
+    assert retrieval.top_groups(scores, ratio=0.01).tolist() == [1]
+    assert retrieval.top_groups(scores, count=3).tolist() == [1, 2, 3]
+    ids = torch.tensor([0, 0, 1, 1, 2, 3])
+    assert retrieval.tokens_in_groups(ids, torch.tensor([1, 3])).tolist() == [2, 3, 5]
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-smolvlm"])
+def test_par_retrieves_ratio_of_pages_and_shrinks_context(name):
+    frames = random_frames(24, seed=7)
+    kwargs = dict(memory="vsb", budget_tokens=160, short_term_frames=2, clip_frames=4, page_size=16)
+    full_context = stream_of(name, frames, retrieval="none", **kwargs).ask("where is the car?", max_new_tokens=2)
+    par = stream_of(name, frames, retrieval="par", retrieval_ratio=0.4, **kwargs).ask("where is the car?",
+                                                                                      max_new_tokens=2)
+    assert par.pages_total == math.ceil(160 / 16)
+    assert par.pages_retrieved == math.ceil(0.4 * par.pages_total)
+    assert full_context.pages_retrieved == 0
+    assert par.context_tokens == full_context.context_tokens - (par.pages_total - par.pages_retrieved) * 16
+    assert par.memory_tokens == full_context.memory_tokens
+
+
+def test_par_with_rope_keys_selects_differently_from_pre_rope():
+    frames = random_frames(40, seed=8)
+    kwargs = dict(memory="vsb", budget_tokens=256, clip_frames=8, page_size=8, retrieval_ratio=0.25)
+    chosen = {}
+    for policy in ("par", "par-pe"):
+        stream = stream_of("tiny-llava-onevision", frames, retrieval=policy, **kwargs)
+        layer_context = []
+        original = stream._layer_context
+
+        def spy(layer, queries, visible, original=original, layer_context=layer_context):
+            context = original(layer, queries, visible)
+            layer_context.append(context.times.clone())
+            return context
+
+        stream._layer_context = spy
+        stream.ask("what changed?", max_new_tokens=1)
+        chosen[policy] = layer_context
+    assert any(not torch.equal(a.nan_to_num(-1), b.nan_to_num(-1)) for a, b in zip(chosen["par"], chosen["par-pe"]))
+
+
+def test_time_window_limits_what_the_answer_sees():
+    frames = random_frames(16, seed=9)
+    times = [float(i) for i in range(16)]
+    stream = stream_of("tiny-smolvlm", frames, times, memory="vsb", retrieval="par", budget_tokens=400,
+                       clip_frames=4)
+    everything = stream.ask("what happened?", max_new_tokens=2)
+    assert everything.span_start == 0.0 and everything.span_end == 15.0
+    recent = stream.ask("what happened in the last seconds?", max_new_tokens=2, since=11.5)
+    assert recent.span_start >= 12.0 and recent.span_end == 15.0
+    middle = stream.ask("and then?", max_new_tokens=2, since=4.0, until=6.0)
+    assert 4.0 <= middle.span_start <= middle.span_end <= 6.0
+    assert middle.context_tokens < everything.context_tokens
+
+
+def test_rekv_retrieves_offloaded_frames_from_host():
+    frames = random_frames(30, seed=10)
+    stream = stream_of("tiny-llava-onevision", frames, memory="rekv", budget_tokens=64, short_term_frames=1,
+                       clip_frames=5, rekv_frames=3)
+    stats = stream.stats()
+    assert stats.host_kv_bytes > 0 and stats.long_term_tokens == 64
+    per_token = stats.device_kv_bytes // stats.tokens
+    assert stats.host_kv_bytes == per_token * (30 - 1) * 16 - per_token * 64
+    result = stream.ask("what was first?", max_new_tokens=2)
+    # prefix + 3 retrieved frames + device window + short-term
+    assert result.context_tokens == stats.prefix_tokens + 3 * 16 + 64 + 16
+    assert result.span_start < stats.newest_time - 64 / 16 * 0.5
