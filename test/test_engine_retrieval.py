@@ -59,8 +59,8 @@ def test_par_with_rope_keys_selects_differently_from_pre_rope():
         layer_context = []
         original = stream._layer_context
 
-        def spy(layer, queries, visible, original=original, layer_context=layer_context):
-            context = original(layer, queries, visible)
+        def spy(*args, original=original, layer_context=layer_context):
+            context = original(*args)
             layer_context.append(context.times.clone())
             return context
 
@@ -96,3 +96,13 @@ def test_rekv_retrieves_offloaded_frames_from_host():
     # prefix + 3 retrieved frames + device window + short-term
     assert result.context_tokens == stats.prefix_tokens + 3 * 16 + 64 + 16
     assert result.span_start < stats.newest_time - 64 / 16 * 0.5
+
+
+def test_rekv_time_window_applies_to_offloaded_frames():
+    frames = random_frames(30, seed=12)
+    times = [float(i) for i in range(30)]
+    stream = stream_of("tiny-llava-onevision", frames, times, memory="rekv", budget_tokens=64,
+                       short_term_frames=1, clip_frames=5, rekv_frames=3)
+    early = stream.ask("what was first?", max_new_tokens=1, until=4.0)
+    assert early.span_start == 0.0 and early.span_end <= 4.0
+    assert early.context_tokens == stream.stats().prefix_tokens + 3 * 16

@@ -66,6 +66,24 @@ class _AskStats:
             self.span_end = max(self.span_end, float(frame_times.max()))
 
 
+@dataclass(frozen=True)
+class _TimeWindow:
+    """Stream-time window ``[since, until]`` (s) a question may use; ``None`` ends are open."""
+
+    since: Optional[float] = None
+    until: Optional[float] = None
+
+    @property
+    def open(self) -> bool:
+        return self.since is None and self.until is None
+
+    def contains(self, stamps: torch.Tensor) -> torch.Tensor:
+        """Mask of ``stamps`` (float64, any shape) inside the window; nan (prefix text) is outside."""
+        low = -math.inf if self.since is None else self.since
+        high = math.inf if self.until is None else self.until
+        return (stamps >= low) & (stamps <= high)
+
+
 def _mean(values: list) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
@@ -290,7 +308,7 @@ class LiveVLMStream:
         self.flush()
         if self._frames_ingested == 0:
             raise EmptyMemoryError("no frame has been ingested yet: nothing to answer about")
-        return self._prefill_question(question, self._visible_tokens(since, until), max_new)
+        return self._prefill_question(question, _TimeWindow(since, until), max_new)
 
     def _validate_question(self, question, max_new_tokens, since, until, temperature, top_p) -> int:
         if not isinstance(question, str) or not question.strip():
@@ -311,33 +329,30 @@ class LiveVLMStream:
             raise InvalidQuestionError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         return max_new
 
-    def _visible_tokens(self, since: Optional[float], until: Optional[float]) -> Optional[torch.Tensor]:
-        """``[layers, T]`` mask of memory tokens inside the window (prefix always), or None for no window."""
-        if since is None and until is None:
+    def _visible_tokens(self, window: _TimeWindow) -> Optional[torch.Tensor]:
+        """``[layers, T]`` mask of memory tokens inside the window (prefix always), or None for no window.
+
+        Raises:
+            EmptyMemoryError: no frame, on the device or offloaded, lies inside the window.
+        """
+        if window.open:
             return None
-        stamps = self._memory.timestamp
-        inside = torch.ones_like(stamps, dtype=torch.bool)
-        if since is not None:
-            inside &= stamps >= since
-        if until is not None:
-            inside &= stamps <= until
         frame_tokens = self._memory.frame_index >= 0
-        host_has = self._host is not None and self._host.length and bool(
-            ((self._host.timestamp >= (since if since is not None else -math.inf))
-             & (self._host.timestamp <= (until if until is not None else math.inf))).any()
-        )
-        if not bool((inside & frame_tokens).any()) and not host_has:
-            raise EmptyMemoryError(f"no frame in memory lies in the time window [{since}, {until}] s")
+        inside = window.contains(self._memory.timestamp) & frame_tokens
+        offloaded = self._host is not None and bool(window.contains(self._host.timestamp).any())
+        if not bool(inside.any()) and not offloaded:
+            raise EmptyMemoryError(f"no frame in memory lies in the time window [{window.since}, {window.until}] s")
         return inside | ~frame_tokens
 
-    def _prefill_question(self, question: str, visible: Optional[torch.Tensor], max_new: int):
+    def _prefill_question(self, question: str, window: _TimeWindow, max_new: int):
+        visible = self._visible_tokens(window)
         embeds = self.model.question_embeds(question, self.config.system_prompt)
         cache = AnswerCache(self.model.num_layers)
         stats = _AskStats()
         hidden = embeds
         for i, layer in enumerate(self.model.layers):
             inp = project(layer, hidden)
-            context = self._layer_context(i, inp.queries, None if visible is None else visible[i])
+            context = self._layer_context(i, inp.queries, window, None if visible is None else visible[i])
             stats.add(context)
             n_context = context.keys.shape[1]
             cache.start_layer(i, self._rotary.rotate(context.keys, 0), context.values,
@@ -347,7 +362,8 @@ class LiveVLMStream:
             hidden = finish(layer, inp.residual, attend(queries, cache.keys(i), cache.values(i), self._scale))
         return cache, logits_of(self.model.final_norm, self.model.lm_head, hidden), stats
 
-    def _layer_context(self, layer: int, queries: torch.Tensor, visible: Optional[torch.Tensor]) -> _Context:
+    def _layer_context(self, layer: int, queries: torch.Tensor, window: _TimeWindow,
+                       visible: Optional[torch.Tensor]) -> _Context:
         """Prefix + retrieved long-term tokens + short-term tokens of one layer, in temporal order."""
         memory, cfg = self._memory, self.config
         prefix, lt_end, total = memory.prefix_len, self._short_term_start(), memory.length
@@ -364,7 +380,7 @@ class LiveVLMStream:
         values = memory.values[layer][:, index]
         times = memory.timestamp[layer][index]
         if self._host is not None and self._host.length:
-            host_keys, host_values, host_times = self._retrieve_host_frames(layer, queries, visible is not None)
+            host_keys, host_values, host_times = self._retrieve_host_frames(layer, queries, window)
             keys = torch.cat([keys[:, :prefix], host_keys, keys[:, prefix:]], dim=1)
             values = torch.cat([values[:, :prefix], host_values, values[:, prefix:]], dim=1)
             times = torch.cat([times[:prefix], host_times, times[prefix:]])
@@ -383,18 +399,20 @@ class LiveVLMStream:
         chosen = retrieval.top_groups(scores, ratio=cfg.retrieval_ratio)
         return long_term[retrieval.tokens_in_groups(page_ids, chosen)], chosen.numel(), n_pages
 
-    def _retrieve_host_frames(self, layer: int, queries: torch.Tensor, windowed: bool):
-        """ReKV-style: the best ``rekv_frames`` frames of host memory (by mean key), moved to the device."""
+    def _retrieve_host_frames(self, layer: int, queries: torch.Tensor, window: _TimeWindow):
+        """ReKV-style: the best ``rekv_frames`` offloaded frames inside ``window`` (by mean key), moved to the device."""
         host = self._host
-        keys, values = host.keys[layer], host.values[layer]
-        frames, times = host.frame_index[layer], host.timestamp[layer]
+        inside = window.contains(host.timestamp[layer]).nonzero().squeeze(1)
+        keys, values = host.keys[layer][:, inside], host.values[layer][:, inside]
+        frames, times = host.frame_index[layer][inside], host.timestamp[layer][inside]
+        device = self._memory.device
+        if not inside.numel():
+            return keys.to(device), values.to(device), times.to(device)
         frame_ids, group_ids = torch.unique(frames, return_inverse=True)
         means = retrieval.group_means(keys, group_ids, frame_ids.numel())
-        pooled = retrieval.pooled_query(queries.to("cpu"), self.model.num_kv_heads)
-        scores = retrieval.score_groups(pooled, means)
+        scores = retrieval.score_groups(retrieval.pooled_query(queries.to("cpu"), self.model.num_kv_heads), means)
         chosen = retrieval.top_groups(scores, count=min(self.config.rekv_frames, frame_ids.numel()))
         index = retrieval.tokens_in_groups(group_ids, chosen)
-        device = self._memory.device
         return keys[:, index].to(device), values[:, index].to(device), times[index].to(device)
 
     # ================================================================== decode
