@@ -21,7 +21,9 @@ from livevlm_ros.io.image_codec import (
     decode_raw_image,
 )
 
-SHARED_DATA = Path(os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 ARUCO_BAG = SHARED_DATA / "rosbag2" / "fiducials_aruco_images"
 
 
@@ -173,7 +175,9 @@ def test_output_does_not_alias_message_buffer(encoding):
     out = decode_raw_image(buffer, 4, 6, encoding, buffer.size // 4, 0)
     assert not np.shares_memory(out, buffer)
     out[...] = 0
-    np.testing.assert_array_equal(decode_raw_image(buffer, 4, 6, encoding, buffer.size // 4, 0), expected(rgb, encoding))
+    np.testing.assert_array_equal(
+        decode_raw_image(buffer, 4, 6, encoding, buffer.size // 4, 0), expected(rgb, encoding)
+    )
 
 
 def test_extra_trailing_bytes_are_ignored():
@@ -328,7 +332,11 @@ def test_decode_speed_1280x720_bgr8():
 def fake_image(rgb, encoding="bgr8"):
     rows = encode(rgb, encoding)
     return SimpleNamespace(
-        height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=rows.shape[1], is_bigendian=0,
+        height=rgb.shape[0],
+        width=rgb.shape[1],
+        encoding=encoding,
+        step=rows.shape[1],
+        is_bigendian=0,
         data=array.array("B", rows.tobytes()),
     )
 

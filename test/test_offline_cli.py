@@ -24,10 +24,14 @@ except ImportError as err:  # the engine is written in parallel; these tests nee
     ENGINE_MISSING = f"livevlm_ros.engine.load_video_llm does not exist yet ({err})"
 needs_engine = pytest.mark.skipif(ENGINE_MISSING is not None, reason=ENGINE_MISSING or "")
 
-SHARED_DATA = Path(os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 VIDEO = SHARED_DATA / "videos" / "car-detection.mp4"
 CAR_BAG = SHARED_DATA / "rosbag2" / "car_detection_camera"
-needs_data = pytest.mark.skipif(not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)")
+needs_data = pytest.mark.skipif(
+    not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,14 +62,48 @@ def test_every_engine_config_field_has_an_option():
 
 
 def test_config_options_map_to_fields():
-    args = parse("--memory", "rekv", "--retrieval", "par-pe", "--budget", "500", "--clip-frames", "4",
-                 "--saliency-share", "0.25", "--page-size", "8", "--retrieval-ratio", "0.5", "--rekv-frames", "3",
-                 "--observation-tokens", "7", "--bucket-capacity", "2", "--short-term-frames", "1",
-                 "--max-new-tokens", "9", "--system-prompt", "Be brief.")
+    args = parse(
+        "--memory",
+        "rekv",
+        "--retrieval",
+        "par-pe",
+        "--budget",
+        "500",
+        "--clip-frames",
+        "4",
+        "--saliency-share",
+        "0.25",
+        "--page-size",
+        "8",
+        "--retrieval-ratio",
+        "0.5",
+        "--rekv-frames",
+        "3",
+        "--observation-tokens",
+        "7",
+        "--bucket-capacity",
+        "2",
+        "--short-term-frames",
+        "1",
+        "--max-new-tokens",
+        "9",
+        "--system-prompt",
+        "Be brief.",
+    )
     assert offline.config_from_args(args) == EngineConfig(
-        memory="rekv", retrieval="par-pe", budget_tokens=500, clip_frames=4, saliency_share=0.25, page_size=8,
-        retrieval_ratio=0.5, rekv_frames=3, observation_tokens=7, bucket_capacity=2, short_term_frames=1,
-        max_new_tokens=9, system_prompt="Be brief.",
+        memory="rekv",
+        retrieval="par-pe",
+        budget_tokens=500,
+        clip_frames=4,
+        saliency_share=0.25,
+        page_size=8,
+        retrieval_ratio=0.5,
+        rekv_frames=3,
+        observation_tokens=7,
+        bucket_capacity=2,
+        short_term_frames=1,
+        max_new_tokens=9,
+        system_prompt="Be brief.",
     )
 
 
@@ -128,16 +166,37 @@ class FakeStream:
         self.log.append(("ask", question))
         if not self.times or question == "boom":
             raise EmptyMemoryError("no frame in memory")
-        return AskResult(answer=f"A:{question}", ttft_s=0.01, total_s=0.02, frames_seen=len(self.times),
-                         span_start=self.times[0], span_end=self.times[-1], memory_tokens=10 * len(self.times),
-                         context_tokens=5.0, pages_retrieved=1.0, pages_total=2.0, new_tokens=3, stop_reason="eos")
+        return AskResult(
+            answer=f"A:{question}",
+            ttft_s=0.01,
+            total_s=0.02,
+            frames_seen=len(self.times),
+            span_start=self.times[0],
+            span_end=self.times[-1],
+            memory_tokens=10 * len(self.times),
+            context_tokens=5.0,
+            pages_retrieved=1.0,
+            pages_total=2.0,
+            new_tokens=3,
+            stop_reason="eos",
+        )
 
     def stats(self):
-        return MemoryStats(tokens=10 * len(self.times), budget=100, prefix_tokens=2, long_term_tokens=0,
-                           short_term_tokens=0, frames_ingested=len(self.times), frames_pending=0,
-                           oldest_time=self.times[0] if self.times else None,
-                           newest_time=self.times[-1] if self.times else None, max_position_id=7,
-                           max_position_embeddings=512, device_kv_bytes=0, host_kv_bytes=0)
+        return MemoryStats(
+            tokens=10 * len(self.times),
+            budget=100,
+            prefix_tokens=2,
+            long_term_tokens=0,
+            short_term_tokens=0,
+            frames_ingested=len(self.times),
+            frames_pending=0,
+            oldest_time=self.times[0] if self.times else None,
+            newest_time=self.times[-1] if self.times else None,
+            max_position_id=7,
+            max_position_embeddings=512,
+            device_kv_bytes=0,
+            host_kv_bytes=0,
+        )
 
 
 def scene(seconds=6.0, fps=2.0):
@@ -146,8 +205,13 @@ def scene(seconds=6.0, fps=2.0):
 
 def test_asks_are_asked_when_the_stream_reaches_their_time():
     stream = FakeStream()
-    asks = [offline.Ask(2.0, "at two"), offline.Ask(0.0, "at zero"), offline.Ask(2.2, "between"),
-            offline.Ask(99.0, "after end"), offline.Ask(2.0, "also at two")]
+    asks = [
+        offline.Ask(2.0, "at two"),
+        offline.Ask(0.0, "at zero"),
+        offline.Ask(2.2, "between"),
+        offline.Ask(99.0, "after end"),
+        offline.Ask(2.0, "also at two"),
+    ]
     run = offline.run_stream(stream, scene(), asks, progress=False)
     assert stream.log[:3] == [("ingest", 0.0), ("ask", "at zero"), ("ingest", 0.5)]
     index = stream.log.index
@@ -160,7 +224,9 @@ def test_asks_are_asked_when_the_stream_reaches_their_time():
 
 
 def test_engine_error_is_reported_and_run_continues():
-    run = offline.run_stream(FakeStream(), scene(), [offline.Ask(1.0, "boom"), offline.Ask(2.0, "fine")], progress=False)
+    run = offline.run_stream(
+        FakeStream(), scene(), [offline.Ask(1.0, "boom"), offline.Ask(2.0, "fine")], progress=False
+    )
     boom, fine = run.answers
     assert boom["error"] == "EmptyMemoryError: no frame in memory" and boom["answer"] is None
     assert set(boom) == set(fine)  # same keys either way
@@ -188,7 +254,9 @@ def test_rejected_frames_are_skipped_with_a_warning():
                 yield t, (lambda: np.zeros((1, 4, 3), np.uint8)) if t == 1.0 else decode
 
     warnings = []
-    run = offline.run_stream(FakeStream(), Source(width=32, height=32, duration_s=2.0), [], progress=False, warn=warnings.append)
+    run = offline.run_stream(
+        FakeStream(), Source(width=32, height=32, duration_s=2.0), [], progress=False, warn=warnings.append
+    )
     assert run.frames_skipped == 1 and run.frames_ingested == 3
     assert warnings == ["frame at 1.000 s skipped: 1-pixel-high frame"]
 
@@ -212,7 +280,9 @@ def image_folder(tmp_path, count=4):
 
 
 def test_main_json_with_fake_engine(fake_engine, tmp_path, capsys):
-    status = offline.main([image_folder(tmp_path), "--json", "--no-progress", "--fps", "0", "--ask", "1:q1", "--ask", "9:q2"])
+    status = offline.main(
+        [image_folder(tmp_path), "--json", "--no-progress", "--fps", "0", "--ask", "1:q1", "--ask", "9:q2"]
+    )
     out, err = capsys.readouterr()
     assert status == 0
     report = json.loads(out)  # exactly one JSON object, nothing else on stdout
@@ -247,31 +317,62 @@ def test_printable_escapes_control_characters():
 # The real engine with the tiny (random-weight) model on real recordings
 # ------------------------------------------------------------------------------------------
 
-ANSWER_KEYS = {"time", "question", "answer", "error", "ttft_s", "total_s", "frames_seen", "memory_tokens", "pages_retrieved"}
+ANSWER_KEYS = {
+    "time",
+    "question",
+    "answer",
+    "error",
+    "ttft_s",
+    "total_s",
+    "frames_seen",
+    "memory_tokens",
+    "pages_retrieved",
+}
 MEMORY_KEYS = {"tokens", "budget", "frames_ingested", "max_position_id", "max_position_embeddings"}
 
 
 @needs_engine
 @needs_data
 def test_json_contract_tiny_model_on_real_video(capsys):
-    status = offline.main([
-        str(VIDEO), "--fps", "2", "--duration", "4", "--json", "--no-progress", "--max-new-tokens", "4",
-        "--clip-frames", "4", "--ask", "3:What is on the road?", "--ask", "0:Anything?", "--ask", "60:After the end?",
-        "--ask", "2:" + "x" * 50, "--max-question-chars", "40",
-    ])
+    status = offline.main(
+        [
+            str(VIDEO),
+            "--fps",
+            "2",
+            "--duration",
+            "4",
+            "--json",
+            "--no-progress",
+            "--max-new-tokens",
+            "4",
+            "--clip-frames",
+            "4",
+            "--ask",
+            "3:What is on the road?",
+            "--ask",
+            "0:Anything?",
+            "--ask",
+            "60:After the end?",
+            "--ask",
+            "2:" + "x" * 50,
+            "--max-question-chars",
+            "40",
+        ]
+    )
     out, err = capsys.readouterr()
     assert status == 0, err
     report = json.loads(out)
     answers = report["answers"]
     assert [a["time"] for a in answers] == [0.0, 2.0, 3.0, 60.0]
     for entry in answers:
-        assert ANSWER_KEYS <= set(entry)
+        assert set(entry) >= ANSWER_KEYS
     first, too_long, mid, late = answers
     assert too_long["error"].startswith("InvalidQuestionError") and too_long["answer"] is None
     for entry in (first, mid, late):
         assert entry["error"] is None and isinstance(entry["answer"], str) and entry["ttft_s"] > 0
-    assert first["frames_seen"] == 1 and mid["frames_seen"] == 6 and late["frames_seen"] == 9  # 0, .56, 1.04, 1.52, 2, 2.56 | 3.04, 3.52, 4
-    assert MEMORY_KEYS <= set(report["memory"]) and report["memory"]["frames_ingested"] == 9
+    # frames at 0, .56, 1.04, 1.52, 2, 2.56 | 3.04, 3.52, 4
+    assert [first["frames_seen"], mid["frames_seen"], late["frames_seen"]] == [1, 6, 9]
+    assert set(report["memory"]) >= MEMORY_KEYS and report["memory"]["frames_ingested"] == 9
     assert report["memory"]["max_position_id"] < report["memory"]["max_position_embeddings"]
     assert report["model"] == "tiny-llava-onevision" and report["random_weights"] is True
     assert report["source"]["time_offset_s"] == 0.0 and report["source"]["kind"] == "VideoSource"
@@ -283,10 +384,31 @@ def test_json_contract_tiny_model_on_real_video(capsys):
 def test_cli_subprocess_on_real_bag():
     """The installed-style entry (python -m) on the raw bag topic: stdout is exactly one JSON object."""
     result = subprocess.run(
-        [sys.executable, "-m", "livevlm_ros.tools.offline", str(CAR_BAG), "--topic", "/camera/image_raw",
-         "--fps", "0", "--duration", "6", "--json", "--max-new-tokens", "3", "--memory", "sliding", "--budget", "64",
-         "--ask", "5:Is there a car?"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "livevlm_ros.tools.offline",
+            str(CAR_BAG),
+            "--topic",
+            "/camera/image_raw",
+            "--fps",
+            "0",
+            "--duration",
+            "6",
+            "--json",
+            "--max-new-tokens",
+            "3",
+            "--memory",
+            "sliding",
+            "--budget",
+            "64",
+            "--ask",
+            "5:Is there a car?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )
     assert result.returncode == 0, result.stderr

@@ -17,7 +17,9 @@ from livevlm_ros.io.sources import (
     open_source,
 )
 
-SHARED_DATA = Path(os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 VIDEO = SHARED_DATA / "videos" / "car-detection.mp4"
 CAR_BAG = SHARED_DATA / "rosbag2" / "car_detection_camera"
 ARUCO_BAG = SHARED_DATA / "rosbag2" / "fiducials_aruco_images"
@@ -25,7 +27,9 @@ RAW_TOPIC = "/camera/image_raw"
 JPEG_TOPIC = "/camera/image_raw/compressed"
 BAG_T0 = 1_700_000_000.0
 
-needs_data = pytest.mark.skipif(not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)")
+needs_data = pytest.mark.skipif(
+    not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)"
+)
 
 
 # ------------------------------------------------------------------------------------------

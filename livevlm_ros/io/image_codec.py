@@ -8,8 +8,8 @@ reused as soon as the call returns. Every failure raises :class:`ImageDecodeErro
 Supported ``sensor_msgs/msg/Image`` encodings (see :data:`SUPPORTED_ENCODINGS`):
 
 * ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (alpha dropped), ``mono8`` (grey replicated to RGB);
-* ``mono16``: 16-bit grey, scaled to 8 bits by keeping the high byte (``v >> 8``, as cv_bridge
-  does for 16 -> 8 bit), byte order from ``is_bigendian``;
+* ``mono16``: 16-bit grey, the full 16-bit range scaled to 8 bits (``v >> 8``, the high byte),
+  byte order from ``is_bigendian``;
 * ``yuv422`` / ``uyvy`` (byte order U Y0 V Y1) and ``yuv422_yuy2`` / ``yuyv`` (Y0 U Y1 V):
   4:2:2 YCbCr, converted with BT.601 *limited range* coefficients (Y in [16, 235]), the
   conversion OpenCV (hence cv_bridge) applies to these encodings. For an odd width the last
@@ -23,8 +23,7 @@ before any pixel is decompressed, so a decompression bomb is rejected cheaply.
 from __future__ import annotations
 
 import io
-import warnings
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,8 +42,9 @@ __all__ = [
 #: Largest accepted image, in pixels (width * height): a little above 8K UHD (7680 x 4320).
 DEFAULT_MAX_PIXELS = 40_000_000
 
-#: Buffer types accepted as message data (rclpy gives ``array.array('B')``, rosbags a numpy array).
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray, Any]
+#: Message data: any buffer-protocol object (``bytes``, ``bytearray``, ``memoryview``,
+#: ``array.array('B')`` as rclpy gives, a numpy array as rosbags gives) or a sequence of ints.
+Buffer = Any
 
 
 class ImageDecodeError(ValueError):
@@ -75,9 +75,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{what}: empty image ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageDecodeError(
-            f"{what}: {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
-        )
+        raise ImageDecodeError(f"{what}: {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +127,7 @@ def _mono8(rows, width, _big):
 
 
 def _mono16(rows, width, big_endian):
-    # The high byte of each 16-bit sample is v >> 8: index it directly, no 16-bit arithmetic.
+    # v >> 8 is the high byte of each 16-bit sample: index it directly, no 16-bit arithmetic.
     high = 0 if big_endian else 1
     return _grey_to_rgb(_channels(rows, width, 2)[..., high])
 
@@ -206,7 +204,7 @@ def decode_raw_image(
     width: int,
     encoding: str,
     step: int,
-    is_bigendian: Union[bool, int] = False,
+    is_bigendian: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode the pixel buffer of a ``sensor_msgs/msg/Image`` to RGB.
@@ -217,7 +215,7 @@ def decode_raw_image(
         height, width: image size in pixels.
         encoding: one of :data:`SUPPORTED_ENCODINGS` (case-insensitive).
         step: bytes per row including any padding; must be >= ``width * bytes_per_pixel``.
-        is_bigendian: byte order of multi-byte samples (only ``mono16`` has any).
+        is_bigendian: byte order of multi-byte samples (only ``mono16`` has any); 0/1 accepted.
         max_pixels: largest accepted ``width * height``.
 
     Returns:
@@ -230,9 +228,7 @@ def decode_raw_image(
     height, width, step = int(height), int(width), int(step)
     key = str(encoding).strip().lower()
     if key not in _RAW_DECODERS:
-        raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
-        )
+        raise ImageDecodeError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     bytes_per_pixel, convert = _RAW_DECODERS[key]
     what = f"{key} image {width}x{height} (step {step})"
     _check_pixels(width, height, max_pixels, what)
@@ -243,9 +239,7 @@ def decode_raw_image(
         )
     flat = _as_uint8(data)
     if flat.size < step * height:
-        raise ImageDecodeError(
-            f"{what}: data is truncated: {flat.size} bytes < step*height = {step * height}"
-        )
+        raise ImageDecodeError(f"{what}: data is truncated: {flat.size} bytes < step*height = {step * height}")
     rows = flat[: step * height].reshape(height, step)
     return convert(rows, width, bool(is_bigendian))
 
@@ -309,12 +303,10 @@ def decode_compressed_image(data: Buffer, format: str = "", max_pixels: int = DE
         raise ImageDecodeError(f"compressed image ({format!r}) has no data")
     what = f"compressed image ({format!r}, {flat.size} bytes)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(flat), formats=_PIL_FORMATS)
-            _check_pixels(image.width, image.height, max_pixels, f"{what} {image.format}")
-            image.load()
-    except ImageDecodeError:
+        image = Image.open(io.BytesIO(flat), formats=_PIL_FORMATS)  # reads the header only
+        _check_pixels(image.width, image.height, max_pixels, f"{what} {image.format}")
+        image.load()
+    except ImageDecodeError:  # from _check_pixels (it is a ValueError too)
         raise
     except Image.DecompressionBombError as err:  # Pillow's own limit, checked in open() from the header
         raise ImageDecodeError(f"{what}: size exceeds max_pixels={max_pixels}: {err}") from err

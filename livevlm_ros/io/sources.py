@@ -67,7 +67,7 @@ class TimestampSampler:
     stamps). Anchoring to the slot grid instead of to the last kept frame keeps the average
     rate at ``fps`` when the source rate is not a multiple of it (12.5 fps sampled at 2 fps
     keeps 2 frames/s, not 1.79); two kept frames are never in the same slot. After a gap the
-    grid restarts at the next frame. ``fps`` ``None`` or ``0`` keeps every frame.
+    grid restarts at the first frame after it. ``fps`` ``None`` or ``0`` keeps every frame.
 
     Frames stamped *earlier* than the last kept one are always dropped (counted in
     :attr:`out_of_order`), so the kept timestamps never decrease, as the engine requires.
@@ -366,7 +366,9 @@ class FolderSource(FrameSource):
     def _list_images(path: Path) -> List[Path]:
         if path.is_file():
             return [path]
-        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key
+        )
         if not files:
             raise SourceError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
         return files

@@ -170,21 +170,48 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run LiveVLM over a video file, a ROS bag or an image folder and answer questions "
         "at given stream times. Times are seconds since the first frame.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="video file, rosbag2 directory/.mcap/.db3, ROS 1 .bag, or image folder")
-    parser.add_argument("--topic", help="image topic of a bag (sensor_msgs/Image or CompressedImage); "
-                        "default: the bag's only image topic")
-    parser.add_argument("--fps", type=_non_negative_float, default=DEFAULT_FPS,
-                        help="frames per second of stream time fed to the engine; 0: every frame (default: %(default)s)")
-    parser.add_argument("--folder-fps", type=_non_negative_float, default=1.0,
-                        help="frame rate assumed for an image folder: timestamps = index / folder-fps (default: %(default)s)")
-    parser.add_argument("--duration", type=_non_negative_float, default=None,
-                        help="stop after this many seconds of stream time (default: the whole source)")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="tiny-llava-onevision / tiny-smolvlm (random weights, for tests), a hub id or a local directory (default: %(default)s)")
+    parser.add_argument(
+        "source", metavar="SOURCE", help="video file, rosbag2 directory/.mcap/.db3, ROS 1 .bag, or image folder"
+    )
+    parser.add_argument(
+        "--topic",
+        help="image topic of a bag (sensor_msgs/Image or CompressedImage); default: the bag's only image topic",
+    )
+    parser.add_argument(
+        "--fps",
+        type=_non_negative_float,
+        default=DEFAULT_FPS,
+        help="frames per second of stream time fed to the engine; 0: every frame (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--folder-fps",
+        type=_non_negative_float,
+        default=1.0,
+        help="frame rate assumed for an image folder: timestamps = index / folder-fps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_non_negative_float,
+        default=None,
+        help="stop after this many seconds of stream time (default: the whole source)",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="tiny-llava-onevision / tiny-smolvlm (random weights, for tests), a hub id or a local directory "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, help="float32, float16 or bfloat16 (default: %(default)s)")
-    parser.add_argument("--ask", dest="asks", action="append", type=parse_ask, default=[], metavar="T:QUESTION",
-                        help="ask QUESTION once the stream reaches T seconds (repeatable)")
+    parser.add_argument(
+        "--ask",
+        dest="asks",
+        action="append",
+        type=parse_ask,
+        default=[],
+        metavar="T:QUESTION",
+        help="ask QUESTION once the stream reaches T seconds (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_config_options(parser)
@@ -350,28 +377,31 @@ def format_memory(memory: Dict[str, Any]) -> str:
     )
 
 
-def json_report(args: argparse.Namespace, config: EngineConfig, model, source: FrameSource, run: OfflineRun,
-                memory: Dict[str, Any]) -> Dict[str, Any]:
+def json_report(
+    args: argparse.Namespace, config: EngineConfig, model, source: FrameSource, run: OfflineRun, memory: Dict[str, Any]
+) -> Dict[str, Any]:
     """The ``--json`` object (see the module docstring); non-finite floats become ``null``."""
-    return _finite({
-        "answers": run.answers,
-        "memory": memory,
-        "model": model.name,
-        "random_weights": bool(model.is_tiny),
-        "device": str(model.device),
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "source": {
-            "path": args.source,
-            "kind": type(source).__name__,
-            "topic": getattr(source, "topic", None),
-            "fps": source.fps,
-            "frames_ingested": run.frames_ingested,
-            "frames_skipped": run.frames_skipped,
-            "duration_s": source.duration_s,
-            "time_offset_s": run.time_offset_s,
-        },
-        "config": dataclasses.asdict(config),
-    })
+    return _finite(
+        {
+            "answers": run.answers,
+            "memory": memory,
+            "model": model.name,
+            "random_weights": bool(model.is_tiny),
+            "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""),
+            "source": {
+                "path": args.source,
+                "kind": type(source).__name__,
+                "topic": getattr(source, "topic", None),
+                "fps": source.fps,
+                "frames_ingested": run.frames_ingested,
+                "frames_skipped": run.frames_skipped,
+                "duration_s": source.duration_s,
+                "time_offset_s": run.time_offset_s,
+            },
+            "config": dataclasses.asdict(config),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
