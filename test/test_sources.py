@@ -219,6 +219,34 @@ def test_bag_stamps_going_back_are_dropped(tmp_path):
     assert source.out_of_order == 1
 
 
+def test_ros1_bag_with_compressed_images(tmp_path):
+    """A ROS 1 .bag (rosbags reads those too): CompressedImage PNGs with header stamps."""
+    import io
+
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    typestore = get_typestore(Stores.ROS1_NOETIC)
+    msgtype = "sensor_msgs/msg/CompressedImage"
+    Compressed = typestore.types[msgtype]
+    Header = typestore.types["std_msgs/msg/Header"]
+    Time = typestore.types["builtin_interfaces/msg/Time"]
+    path = tmp_path / "camera.bag"
+    with Writer(path) as writer:
+        connection = writer.add_connection("/cam/compressed", msgtype, typestore=typestore)
+        for k in range(3):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((6, 8, 3), 50 * k, np.uint8)).save(buffer, format="PNG")
+            header = Header(seq=k, stamp=Time(sec=20 + k, nanosec=250_000_000), frame_id="cam")
+            msg = Compressed(header=header, format="png", data=np.frombuffer(buffer.getvalue(), np.uint8))
+            writer.write(connection, (10 + k) * 10**9, typestore.serialize_ros1(msg, msgtype))
+    source = open_source(path)
+    frames = list(source)
+    assert source.topic == "/cam/compressed" and source.native_frames == 3
+    assert [t for t, _ in frames] == [20.25, 21.25, 22.25]
+    assert [int(rgb[0, 0, 0]) for _, rgb in frames] == [0, 50, 100]
+
+
 # ------------------------------------------------------------------------------------------
 # Folders and dispatch
 # ------------------------------------------------------------------------------------------
