@@ -13,6 +13,7 @@ import pytest
 
 from livevlm_ros.engine import EmptyMemoryError, EngineConfig, InvalidFrameError, ModelLoadError
 from livevlm_ros.engine.results import AskResult, MemoryStats
+from livevlm_ros.io.sources import SourceError
 from livevlm_ros.io.synthetic_scene import SyntheticScene
 from livevlm_ros.tools import offline
 
@@ -259,6 +260,25 @@ def test_rejected_frames_are_skipped_with_a_warning():
     )
     assert run.frames_skipped == 1 and run.frames_ingested == 3
     assert warnings == ["frame at 1.000 s skipped: 1-pixel-high frame"]
+
+
+class BrokenScene(SyntheticScene):
+    """Becomes unreadable after 1 s, like a bag with a corrupt chunk."""
+
+    def _lazy_frames(self):
+        for t, decode in super()._lazy_frames():
+            if t > 1.0:
+                raise SourceError("scene.bag: reading /cam failed: corrupt chunk")
+            yield t, decode
+
+
+def test_unreadable_source_still_answers_from_what_was_read():
+    warnings = []
+    run = offline.run_stream(
+        FakeStream(), BrokenScene(width=32, height=32), [offline.Ask(5.0, "late")], progress=False, warn=warnings.append
+    )
+    assert run.frames_ingested == 3 and run.answers[0]["answer"] == "A:late"
+    assert warnings == ["source stopped early: scene.bag: reading /cam failed: corrupt chunk"]
 
 
 def fake_model(is_tiny=True):

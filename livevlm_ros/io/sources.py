@@ -319,13 +319,18 @@ class BagSource(FrameSource):
         return topic
 
     def _lazy_frames(self) -> Iterator[LazyFrame]:
+        from rosbags.highlevel import AnyReaderError  # noqa: PLC0415
+
         with _open_reader(self.path) as reader:
             connections = [c for c in reader.connections if c.topic == self.topic]
-            for connection, bag_time_ns, raw in reader.messages(connections=connections):
-                msg = reader.deserialize(raw, connection.msgtype)
-                stamp = stamp_to_seconds(msg.header.stamp)
-                timestamp = stamp if stamp > 0 else bag_time_ns / 1e9
-                yield timestamp, (lambda m=msg: decode_image_msg(m, self.max_pixels))
+            try:
+                for connection, bag_time_ns, raw in reader.messages(connections=connections):
+                    msg = reader.deserialize(raw, connection.msgtype)
+                    stamp = stamp_to_seconds(msg.header.stamp)
+                    timestamp = stamp if stamp > 0 else bag_time_ns / 1e9
+                    yield timestamp, (lambda m=msg: decode_image_msg(m, self.max_pixels))
+            except AnyReaderError as err:  # corrupt message or storage: the rest is unreadable
+                raise SourceError(f"{self.path}: reading {self.topic} failed: {err}") from err
 
 
 # --------------------------------------------------------------------------------------------

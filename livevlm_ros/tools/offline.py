@@ -321,18 +321,23 @@ def run_stream(
     answer ``asks`` at their times; returns the finished :class:`OfflineRun`.
 
     A tqdm bar on stderr shows progress (``progress=False``: none). Frames that fail to decode
-    or that the engine rejects are skipped, counted and passed to ``warn``.
+    or that the engine rejects are skipped, counted and passed to ``warn``; if the source
+    becomes unreadable (:class:`SourceError`), ``warn`` is told and the questions left are
+    answered from the frames read so far.
     """
     run = OfflineRun(stream, asks, on_answer, warn)
     total = source.expected_frames
     if duration_s is not None and source.fps and total is not None:
         total = min(total, int(duration_s * source.fps) + 1)
     with tqdm(total=total, file=sys.stderr, disable=not progress, unit="frame", dynamic_ncols=True) as bar:
-        for timestamp, rgb in source.frames(on_bad_frame=run.skip):
-            if duration_s is not None and run.relative(timestamp) > duration_s:
-                break
-            run.ingest(timestamp, rgb)
-            bar.update(1)
+        try:
+            for timestamp, rgb in source.frames(on_bad_frame=run.skip):
+                if duration_s is not None and run.relative(timestamp) > duration_s:
+                    break
+                run.ingest(timestamp, rgb)
+                bar.update(1)
+        except SourceError as err:  # unreadable rest of a file: answer from what was read
+            warn(f"source stopped early: {err}")
     run.finish()
     return run
 
