@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up (or check) .venv/ and run the test suite:
+#   bash scripts/test.sh                 # every test under test/
+#   bash scripts/test.sh -k fastdds -x   # extra arguments go to pytest as they are
+#   bash scripts/test.sh test/test_fastdds_profile.py
+# ROS traffic stays on this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a domain id
+# of its own (LIVEVLM_TEST_DOMAIN_ID to choose it); ROS logs go to a temporary directory.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash "$ROOT/scripts/setup.sh"
+
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+unset ROS_LOCALHOST_ONLY ROS_STATIC_PEERS RMW_IMPLEMENTATION
+# 1..100: well inside the range whose DDS ports are valid on Linux
+export ROS_DOMAIN_ID="${LIVEVLM_TEST_DOMAIN_ID:-$(( ( $$ + RANDOM ) % 100 + 1 ))}"
+LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/livevlm_test_logs.XXXXXX")"
+export ROS_LOG_DIR="$LOGDIR/ros"
+trap 'rm -rf "$LOGDIR"' EXIT
+# No model hub is reachable from CI: fail fast instead of waiting on network timeouts.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+export PYTHONUNBUFFERED=1
+
+# Default to test/ unless a test path was given (arguments that name existing files/dirs).
+have_path=0
+for a in "$@"; do
+    case "$a" in -*) continue ;; esac
+    [ -e "${a%%::*}" ] && have_path=1
+done
+args=("$@")
+[ "$have_path" = 1 ] || args=(test "${args[@]}")
+
+echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOG_DIR=$ROS_LOG_DIR"
+echo "[test] .venv/bin/python -m pytest ${args[*]}"
+set +e
+"$ROOT/.venv/bin/python" -m pytest -ra --timeout="${LIVEVLM_TEST_TIMEOUT:-900}" "${args[@]}"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+    echo "[test] FAILURE: pytest collected no tests (exit code 5) from: ${args[*]}" >&2
+    exit 1
+fi
+exit "$rc"
