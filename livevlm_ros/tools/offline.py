@@ -140,7 +140,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if kind is None:  # a structured field: not settable from the command line
             continue
         flags = _OPTION_FLAGS.get(field.name, ("--" + field.name.replace("_", "-"),))
-        help_text = f"{docs.get(field.name, field.name)} (default: {field.default})"
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        help_text = f"{docs.get(field.name, field.name)} (default: {default})".replace("%", "%%")
         options: Dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -158,7 +159,11 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
