@@ -132,44 +132,63 @@ def _mono16(rows, width, big_endian):
     return _grey_to_rgb(_channels(rows, width, 2)[..., high])
 
 
-#: BT.601 limited range: R = 1.164 (Y - 16) + 1.596 (V - 128), G = ... - 0.392 (U - 128) - 0.813 (V - 128),
-#: B = ... + 2.017 (U - 128). Per output channel: (V coefficient, U coefficient).
-_BT601_CHROMA = ((1.596, 0.0), (-0.813, -0.392), (0.0, 2.017))
+#: BT.601 limited range (ITU-R BT.601, as OpenCV's YUV 4:2:2 conversions):
+#: R = 1.164 (Y - 16) + 1.596 V',  G = 1.164 (Y - 16) - 0.392 U' - 0.813 V',  B = 1.164 (Y - 16) + 2.017 U'
+#: with U' = U - 128, V' = V - 128.
 _BT601_LUMA = 1.164
+
+
+def _bt601_chroma(u: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chroma terms of R, G, B from centred U', V' (float32, any shape)."""
+    green = v * -0.813
+    green -= u * 0.392
+    return v * 1.596, green, u * 2.017
 
 
 def _yuv422_to_rgb(rows: np.ndarray, width: int, y_offset: int, u_offset: int, v_offset: int) -> np.ndarray:
     """4:2:2 packed YCbCr -> RGB for any byte layout of the 4-byte macropixel.
 
     ``y_offset`` is the byte of the first luma sample (the second is 2 bytes later); ``u_offset``
-    and ``v_offset`` are the chroma bytes within the macropixel. The chroma terms are computed
-    once per pixel pair and broadcast over the pair (float32; measured faster than int16
-    lookup tables in numpy).
+    and ``v_offset`` are the chroma bytes within the macropixel. Works on planes of shape
+    ``(H, pairs)``: chroma terms once per pixel pair, the even and odd pixels' luma separately
+    (contiguous float32 arithmetic), then one interleaving ``np.stack`` of the six uint8 planes.
     """
     height = rows.shape[0]
     pairs = (width + 1) // 2
     packed = rows[:, : width * 2]
-    luma = packed[:, y_offset::2][:, :width]
-    cb = packed[:, u_offset::4]
-    cr = packed[:, v_offset::4]
-    if width % 2:  # odd width: pad luma with its last column, chroma with the previous pair's
-        luma = np.concatenate([luma, luma[:, -1:]], axis=1)
-        if cr.shape[1] < pairs:
-            cr = np.concatenate([cr, cr[:, -1:]], axis=1) if cr.shape[1] else np.full((height, 1), 128, np.uint8)
-    y = luma.astype(np.float32).reshape(height, pairs, 2)
-    y *= _BT601_LUMA
-    y -= 16.0 * _BT601_LUMA - 0.5  # + 0.5: round to nearest on the truncating cast below
-    u = cb.astype(np.float32) - 128.0
-    v = cr.astype(np.float32) - 128.0
-    out = np.empty((height, pairs, 2, 3), dtype=np.uint8)
-    acc = np.empty_like(y)
-    for channel, (v_coef, u_coef) in enumerate(_BT601_CHROMA):
-        chroma = v * v_coef + u * u_coef  # (H, pairs): half resolution, cheap
-        np.add(y, chroma[..., None], out=acc)
-        np.clip(acc, 0.0, 255.0, out=acc)
-        out[..., channel] = acc
-    out = out.reshape(height, pairs * 2, 3)
-    return out if pairs * 2 == width else np.ascontiguousarray(out[:, :width])
+    if width % 2:  # odd width: complete the last macropixel (luma repeated, V from the previous pair)
+        packed = _complete_last_macropixel(packed, y_offset, v_offset)
+
+    def plane(offset: int, shift: float) -> np.ndarray:
+        values = packed[:, offset::4].astype(np.float32)
+        values -= shift
+        return values
+
+    u, v = plane(u_offset, 128.0), plane(v_offset, 128.0)
+    chroma = _bt601_chroma(u, v)
+    planes = []
+    for luma_offset in (y_offset, y_offset + 2):  # even pixels, then odd pixels
+        luma = plane(luma_offset, 16.0)
+        luma *= _BT601_LUMA
+        luma += 0.5  # round to nearest on the truncating cast below
+        for term in chroma:
+            channel = luma + term
+            np.clip(channel, 0.0, 255.0, out=channel)
+            planes.append(channel.astype(np.uint8))
+    rgb = np.stack(planes, axis=-1).reshape(height, pairs * 2, 3)
+    return rgb if pairs * 2 == width else np.ascontiguousarray(rgb[:, :width])
+
+
+def _complete_last_macropixel(packed: np.ndarray, y_offset: int, v_offset: int) -> np.ndarray:
+    """``(H, 2W)`` bytes of an odd-width 4:2:2 image -> ``(H, 2W + 2)`` with a full last
+    macropixel: its second luma repeats the first, its V is the previous pair's (128 if none)."""
+    height, row_bytes = packed.shape
+    full = np.empty((height, row_bytes + 2), dtype=np.uint8)
+    full[:, :row_bytes] = packed
+    last = row_bytes - 2  # start of the incomplete macropixel
+    full[:, last + (y_offset + 2)] = packed[:, last + y_offset]
+    full[:, last + v_offset] = packed[:, last - 4 + v_offset] if last >= 4 else 128
+    return full
 
 
 def _uyvy(rows, width, _big):
