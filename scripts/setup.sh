@@ -73,8 +73,7 @@ fingerprint() {
 verify() {
     # imports with a clean ROS environment: nothing sourced, no AMENT_PREFIX_PATH needed
     env -u AMENT_PREFIX_PATH -u PYTHONPATH -u LD_LIBRARY_PATH -u CMAKE_PREFIX_PATH \
-        "$V/bin/python" - <<'PY'
-import importlib, sys
+        LIVEVLM_ROOT="$ROOT" "$V/bin/python" - <<'PY'
 import rclpy  # noqa: F401
 import livevlm_interfaces.msg as m
 import livevlm_interfaces.srv as s
@@ -87,8 +86,13 @@ assert req.question == "what happened?" and req.max_new_tokens == 8
 st = m.MemoryStatus(streams=[m.StreamStatus(name="front", budget_tokens=0)])
 assert st.streams[0].name == "front"
 assert hasattr(a.Ask.Feedback(), "partial_answer")
-import livevlm_ros  # noqa: F401
-print("ok")
+# the editable install points at this checkout (find_spec: no import of the package code)
+import importlib.util, os
+spec = importlib.util.find_spec("livevlm_ros")
+assert spec is not None and spec.origin, "livevlm_ros is not installed"
+root = os.environ["LIVEVLM_ROOT"]
+assert os.path.realpath(spec.origin).startswith(os.path.realpath(root) + os.sep), \
+    "livevlm_ros resolves to %s, not to this checkout %s" % (spec.origin, root)
 PY
 }
 
