@@ -116,15 +116,15 @@ if [ -z "$PY" ]; then
         fi
     done
 fi
+if [ -z "$PY" ] && command -v apt-get >/dev/null 2>&1 && apt-cache show python3.11 >/dev/null 2>&1; then
+    apt_install python3.11 python3.11-venv python3.11-dev
+    PY="$(command -v python3.11 || true)"
+fi
 [ -n "$PY" ] || die "CPython 3.11 not found (the ROS 2 wheels are built for 3.11). Install python3.11 or set PYTHON=/path/to/python3.11"
 PYVER="$("$PY" -c 'import sys;print("%d.%d" % sys.version_info[:2])')"
 [ "$PYVER" = "3.11" ] || die "$PY is Python $PYVER; need 3.11"
 say "using $PY (Python $PYVER)"
 
-# venv module + ensurepip (Debian splits them into python3.11-venv)
-if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    apt_install python3.11-venv
-fi
 # Python.h: the generated interface bindings are a C extension
 PYINC="$("$PY" -c 'import sysconfig;print(sysconfig.get_paths()["include"])')"
 if [ ! -f "$PYINC/Python.h" ]; then
@@ -138,7 +138,12 @@ if [ -x "$V/bin/python" ] && "$V/bin/python" -c 'import sys; assert sys.version_
 else
     if [ -e "$V" ]; then warn "$V is broken or not Python 3.11: recreating it"; rm -rf "$V"; fi
     say "creating virtual environment $V"
-    "$PY" -m venv "$V"
+    if ! "$PY" -m venv "$V"; then
+        # Debian/Ubuntu ship venv's ensurepip separately
+        rm -rf "$V"
+        apt_install python3.11-venv
+        "$PY" -m venv "$V" || die "could not create $V with $PY"
+    fi
 fi
 VPY="$V/bin/python"
 
