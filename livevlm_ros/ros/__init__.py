@@ -1,0 +1,14 @@
+"""The thin ROS 2 layer of livevlm_ros.
+
+Pure logic lives in small modules that import neither rclpy nor torch, so it is unit-tested
+without a ROS graph:
+
+* :mod:`.frame_sampler`     keep frames at ``sample_fps`` by header stamp; stamps going backwards.
+* :mod:`.latest_frame_slot` latest-wins bounded hand-over from an image callback to the worker.
+* :mod:`.parameters`        every node parameter (with descriptors) -> a validated ``NodeSettings``.
+* :mod:`.questions`         validation of Ask requests, time windows, stamp <-> seconds.
+* :mod:`.worker`            the single thread that owns the model: ingest round-robin, FIFO questions.
+* :mod:`.status`            stream counters, ingest rate, diagnostic levels.
+
+:mod:`.node` is the rclpy lifecycle node (``LiveVLMNode``) and the ``livevlm_node`` entry point.
+"""

@@ -1,0 +1,552 @@
+"""``livevlm`` lifecycle node: camera topics in, answers about what was seen out.
+
+Interfaces (relative to the node name, default ``/livevlm``):
+
+* subscribes ``streams.<name>.topic`` per stream (``sensor_msgs/Image`` or ``CompressedImage``),
+  QoS from parameters (default best-effort keep-last 1, REP-2003), while *active*;
+* service ``~/ask`` (``livevlm_interfaces/srv/Ask``), action ``~/ask_streaming``
+  (``livevlm_interfaces/action/Ask``, one feedback per token, cancel returns the partial answer),
+  service ``~/reset`` (``livevlm_interfaces/srv/Reset``), created on configure;
+* publishes ``~/memory_status`` (``livevlm_interfaces/msg/MemoryStatus``, while active) and
+  ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, always) every ``status_period_s``.
+
+Lifecycle: ``on_configure`` validates the parameters, loads the model once and makes one
+``LiveVLMStream`` per stream (sharing the model); ``on_activate`` subscribes and starts the
+worker thread; ``on_deactivate`` unsubscribes and stops it (memory kept); ``on_cleanup`` frees the
+model. With ``autostart`` (default) ``main`` configures and activates at once.
+
+Concurrency contract (see also :mod:`livevlm_ros.ros.worker`):
+
+* one :class:`~livevlm_ros.ros.worker.InferenceWorker` thread owns the model and every stream;
+* image callbacks run in one *mutually exclusive* callback group per stream (so a stream's
+  sampler needs no lock against itself) and only sample, decode and hand the newest frame over;
+* ``~/ask``, ``~/reset`` and ``~/ask_streaming`` run in one *reentrant* group as coroutines that
+  queue a job and ``await`` its completion: a waiting question occupies no executor thread, so
+  images keep flowing and several questions can wait (FIFO, bounded) while one is answered;
+* timers (status, diagnostics, queue expiry) run in their own mutually exclusive group on a
+  steady clock (they keep running under ``use_sim_time`` before ``/clock`` starts) and only
+  read counters and the stats snapshot the worker stores.
+
+Time: every frame is sampled and windowed by its *header stamp* (float seconds); the node clock
+(ROS time, sim time with ``use_sim_time``) is used only for status stamps and frame ages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import sys
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional
+
+import rclpy
+import rclpy.exceptions
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from livevlm_interfaces.action import Ask as AskAction
+from livevlm_interfaces.msg import MemoryStatus, StreamStatus
+from livevlm_interfaces.srv import Ask, Reset
+from livevlm_ros.io.image_codec import decode_image_msg
+from livevlm_ros.io.sources import stamp_to_seconds
+
+from .frame_sampler import FrameSampler, JumpPolicy, Verdict
+from .parameters import (
+    DYNAMIC_PARAMETERS,
+    NODE_NAME,
+    NodeSettings,
+    SettingsError,
+    StreamSettings,
+    all_parameter_specs,
+    base_parameter_specs,
+    engine_parameter_specs,
+    settings_from_parameters,
+    stream_parameter_specs,
+    to_descriptor,
+)
+from .questions import Question, QuestionError, question_from_request, seconds_to_stamp
+from .status import StreamHealth, model_level, stream_level
+from .worker import (
+    Answer,
+    InferenceWorker,
+    Job,
+    QueueFullError,
+    QuestionJob,
+    ResetJob,
+    StreamRuntime,
+    WorkerStoppedError,
+)
+
+__all__ = ["LiveVLMNode", "main"]
+
+#: Seconds between two identical warnings about bad input (per call site).
+WARN_THROTTLE_S = 5.0
+#: Period (s) of the sweep that times out / cancels questions still waiting in the queue.
+EXPIRE_PERIOD_S = 0.1
+
+_RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+    "best_available": ReliabilityPolicy.BEST_AVAILABLE,
+}
+
+ModelLoader = Callable[[str, str, str], Any]
+StreamFactory = Callable[[Any, Any], Any]
+
+
+def _load_model(model: str, device: str, dtype: str):
+    from livevlm_ros.engine import load_video_llm
+
+    return load_video_llm(model, device=device, dtype=dtype)
+
+
+def _make_stream(model, config):
+    from livevlm_ros.engine import LiveVLMStream
+
+    return LiveVLMStream(model, config)
+
+
+def _to_time(t: Optional[float]) -> Time:
+    sec, nanosec = seconds_to_stamp(t)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _fill_answer(out, answer: Answer):
+    """Copy an :class:`Answer` into an Ask response or action result."""
+    out.success = answer.success
+    out.answer = answer.answer
+    out.error = answer.error
+    out.time_to_first_token_s = float(answer.ttft_s)
+    out.total_latency_s = float(answer.total_latency_s)
+    out.frames_seen = int(answer.frames_seen)
+    out.span_start = _to_time(answer.span_start)
+    out.span_end = _to_time(answer.span_end)
+    out.memory_tokens = int(answer.memory_tokens)
+    out.pages_retrieved = float(answer.pages_retrieved)
+    return out
+
+
+def _random_weights_banner(name: str) -> str:
+    line = "!" * 78
+    return (f"\n{line}\n!! MODEL {name!r} HAS RANDOM WEIGHTS (a built-in test model).\n"
+            "!! Its answers are NOT about the images: use it for plumbing tests only.\n"
+            "!! Set the parameter `model` to a real checkpoint (e.g. llava-hf/llava-onevision-qwen2-0.5b-ov-hf).\n"
+            f"{line}")
+
+
+class LiveVLMNode(LifecycleNode):
+    """Streaming video-LLM perception node (see the module docstring).
+
+    Args:
+        node_name: ROS node name.
+        model_loader: ``(model, device, dtype) -> VideoLLM`` (default ``load_video_llm``).
+        stream_factory: ``(model, EngineConfig) -> LiveVLMStream`` (injectable for tests).
+        **kwargs: passed to ``LifecycleNode`` (namespace, parameter_overrides, context...).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, *, model_loader: Optional[ModelLoader] = None,
+                 stream_factory: Optional[StreamFactory] = None, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._model_loader = model_loader or _load_model
+        self._stream_factory = stream_factory or _make_stream
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._declare_parameters()
+
+        self._settings: Optional[NodeSettings] = None
+        self._model: Any = None
+        self._model_error = ""
+        self._streams: Dict[str, StreamRuntime] = {}
+        self._worker: Optional[InferenceWorker] = None
+        self._active = False
+        self._image_subscriptions: List[Any] = []
+        self._api_services: List[Any] = []  # created on configure, destroyed on cleanup
+        self._status_timers: List[Any] = []
+        self._action_server: Optional[ActionServer] = None
+        self._status_pub = None
+        self._last_counts: Dict[str, tuple] = {}
+
+        self._api_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(
+            float(self.get_parameter("status_period_s").value), self._publish_diagnostics,
+            callback_group=self._timer_group, clock=self._steady)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ================================================================== parameters
+    def _declare_parameters(self) -> None:
+        for spec in base_parameter_specs() + engine_parameter_specs():
+            self.declare_parameter(spec.name, spec.default, to_descriptor(spec))
+        for name in dict.fromkeys(self.get_parameter("streams").value or []):
+            for spec in stream_parameter_specs(name):
+                self.declare_parameter(spec.name, spec.default, to_descriptor(spec))
+
+    def _parameter_values(self) -> Dict[str, Any]:
+        names = [s.name for s in all_parameter_specs(dict.fromkeys(self.get_parameter("streams").value or []))]
+        return {name: self.get_parameter(name).value for name in names if self.has_parameter(name)}
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate a runtime change through the same path as configure; apply the dynamic ones."""
+        changes = {p.name: p.value for p in params}
+        try:
+            candidate = settings_from_parameters({**self._parameter_values(), **changes})
+        except SettingsError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if self._settings is not None and DYNAMIC_PARAMETERS & changes.keys():
+            dynamic = {name: getattr(candidate, name) for name in DYNAMIC_PARAMETERS}
+            self._settings = dataclasses.replace(self._settings, **dynamic)
+            for rt in self._streams.values():
+                with rt.lock:
+                    rt.sampler.set_rate(candidate.sample_fps, candidate.stamp_jitter_tolerance_s)
+                    rt.sampler.policy = JumpPolicy(candidate.timestamp_jump_policy)
+            if self._worker is not None:
+                self._worker.max_queued = candidate.max_queued_questions
+        return SetParametersResult(successful=True)
+
+    @property
+    def settings(self) -> Optional[NodeSettings]:
+        """The validated settings (None until configured)."""
+        return self._settings
+
+    # ================================================================== lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        try:
+            settings = settings_from_parameters(self._parameter_values())
+        except SettingsError as exc:
+            self._model_error = str(exc)
+            log.error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        log.info(f"loading model {settings.model!r} on {settings.device} ({settings.dtype})...")
+        t0 = self._steady.now()
+        try:
+            model = self._model_loader(settings.model, settings.device, settings.dtype)
+            streams = {
+                s.name: StreamRuntime(
+                    s, self._stream_factory(model, settings.engine),
+                    FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s),
+                    settings.frame_queue_depth)
+                for s in settings.streams
+            }
+        except Exception as exc:  # ModelLoadError, CUDA OOM, bad checkpoint...
+            self._model_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                f"configure failed: could not load model {settings.model!r} on {settings.device} "
+                f"({settings.dtype}): {exc}\n  What to do: set the parameter `model` to a Hugging Face hub id "
+                "reachable from this machine (or already in the local cache, HF_HUB_OFFLINE=1), a local checkpoint "
+                "directory, or tiny-llava-onevision for a smoke test; without a GPU use device:=cpu dtype:=float32.")
+            return TransitionCallbackReturn.FAILURE
+        load_s = (self._steady.now() - t0).nanoseconds * 1e-9
+        self._settings, self._model, self._streams, self._model_error = settings, model, streams, ""
+        log.info(f"model {model.name!r} loaded in {load_s:.1f} s on {model.device} ({model.dtype}); streams: "
+                 + ", ".join(f"{s.name} <- {self.resolve_topic_name(s.topic)} [{s.transport}]" for s in settings.streams))
+        if getattr(model, "is_tiny", False):
+            log.warning(_random_weights_banner(model.name))
+        self._create_interfaces(settings)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_interfaces(self, settings: NodeSettings) -> None:
+        api = self._api_group
+        self._status_pub = self.create_lifecycle_publisher(MemoryStatus, "~/memory_status", 10)
+        self._api_services = [
+            self.create_service(Ask, "~/ask", self._on_ask, callback_group=api),
+            self.create_service(Reset, "~/reset", self._on_reset, callback_group=api),
+        ]
+        self._action_server = ActionServer(
+            self, AskAction, "~/ask_streaming", execute_callback=self._execute_ask,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT, cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=api)
+        self._status_timers = [
+            self.create_timer(settings.status_period_s, self._publish_memory_status,
+                              callback_group=self._timer_group, clock=self._steady),
+            self.create_timer(EXPIRE_PERIOD_S, self._expire_questions, callback_group=self._timer_group,
+                              clock=self._steady),
+        ]
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        settings = self._settings
+        self._worker = InferenceWorker(self._streams, max_queued=settings.max_queued_questions,
+                                       logger=self.get_logger())
+        self._worker.start()
+        for rt in self._streams.values():
+            self._image_subscriptions.append(self._subscribe(rt))
+        self._active = True
+        self.get_logger().info("active: subscribed to " + ", ".join(s.topic_name for s in self._image_subscriptions))
+        return super().on_activate(state)
+
+    def _subscribe(self, rt: StreamRuntime):
+        s: StreamSettings = rt.settings
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=s.qos.depth,
+                         reliability=_RELIABILITY[s.qos.reliability], durability=DurabilityPolicy.VOLATILE)
+        events = SubscriptionEventCallbacks(incompatible_qos=partial(self._on_incompatible_qos, rt))
+        return self.create_subscription(
+            CompressedImage if s.transport == "compressed" else Image, s.topic, partial(self._on_image, rt), qos,
+            callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=events)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return super().on_deactivate(state)
+
+    def _stop_processing(self) -> None:
+        self._active = False
+        for sub in self._image_subscriptions:
+            self.destroy_subscription(sub)
+        self._image_subscriptions = []
+        if self._worker is not None:
+            if not self._worker.stop(timeout=30.0):
+                self.get_logger().error("the worker thread did not stop within 30 s")
+            self._worker = None
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Destroy the configure-time interfaces and free the model."""
+        for timer in self._status_timers:
+            self.destroy_timer(timer)
+        for service in self._api_services:
+            self.destroy_service(service)
+        if self._action_server is not None:
+            self._action_server.destroy()
+        self._status_timers, self._api_services, self._action_server = [], [], None
+        if self._status_pub is not None:
+            self.destroy_lifecycle_publisher(self._status_pub)
+            self._status_pub = None
+        device = str(getattr(self._model, "device", ""))
+        self._streams, self._model, self._settings = {}, None, None
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release_engine()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"lifecycle error in state {state.label}: releasing the model")
+        self.release_engine()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release_engine(self) -> None:
+        """Stop the worker and unsubscribe (safe to call more than once, also after rclpy shutdown)."""
+        try:
+            self._stop_processing()
+        except Exception as exc:  # the context may already be shut down
+            self.get_logger().debug(f"release: {exc!r}")
+
+    # ================================================================== images
+    def _on_image(self, rt: StreamRuntime, msg) -> None:
+        """Image callback: sample by stamp, decode, hand the frame to the worker; never waits on it."""
+        offer = rt.offer(stamp_to_seconds(msg.header.stamp), partial(decode_image_msg, msg, self._settings.max_pixels))
+        if offer.verdict is Verdict.KEEP:
+            if offer.new_epoch:
+                self.get_logger().info(f"stream {rt.name}: {offer.reason}")
+            worker = self._worker
+            if worker is not None:
+                worker.notify()
+        elif offer.verdict is Verdict.REJECT:
+            self.get_logger().warning(
+                f"stream {rt.name} ({rt.settings.topic}): frame rejected: {offer.reason} "
+                f"[{rt.rejected} rejected so far; the node keeps running]",
+                throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _on_incompatible_qos(self, rt: StreamRuntime, event) -> None:
+        self.get_logger().warning(
+            f"stream {rt.name}: a publisher on {rt.settings.topic} has incompatible QoS (policy "
+            f"{event.last_policy_kind}); this subscription is {rt.settings.qos.reliability} depth {rt.settings.qos.depth}: "
+            f"set streams.{rt.name}.qos.reliability (or qos.reliability) to match the publisher",
+            throttle_duration_sec=WARN_THROTTLE_S)
+
+    # ================================================================== questions
+    def _submit(self, job: Job) -> Optional[str]:
+        """Queue a job with the worker; the error message if it was refused."""
+        worker = self._worker
+        if worker is None or not self._active:
+            return "the node is not active (lifecycle): configure and activate it first"
+        try:
+            worker.submit(job)
+        except (QueueFullError, WorkerStoppedError) as exc:
+            return str(exc)
+        return None
+
+    async def _completion(self, job: Job):
+        """Await a job's result without holding an executor thread."""
+        future = self.executor.create_future()
+        # A done callback makes set_result() wake the executor from the worker thread.
+        future.add_done_callback(lambda _f: None)
+        job.add_done_callback(lambda j: future.set_result(j.result))
+        return await future
+
+    def _question(self, request) -> Question:
+        s = self._settings
+        if s is None:
+            raise QuestionError("the node is not configured")
+        return question_from_request(request, stream_names=s.stream_names,
+                                     max_question_chars=s.engine.max_question_chars, default_timeout_s=s.ask_timeout_s)
+
+    async def _answer(self, request, on_token=None, cancel_requested=lambda: False) -> Answer:
+        try:
+            question = self._question(request)
+        except QuestionError as exc:
+            self.get_logger().warning(f"question refused: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            return Answer(False, error=str(exc))
+        job = QuestionJob(question, on_token=on_token, cancel_requested=cancel_requested)
+        error = self._submit(job)
+        if error is not None:
+            return Answer(False, error=error)
+        return await self._completion(job)
+
+    async def _on_ask(self, request, response):
+        """``~/ask``: one-shot answer."""
+        return _fill_answer(response, await self._answer(request))
+
+    async def _execute_ask(self, goal_handle):
+        """``~/ask_streaming``: feedback per token; cancel stops generation (partial answer, success false)."""
+
+        def on_token(new_text: str, partial_answer: str, tokens: int) -> None:
+            goal_handle.publish_feedback(
+                AskAction.Feedback(partial_answer=partial_answer, new_text=new_text, tokens_generated=tokens))
+
+        answer = await self._answer(goal_handle.request, on_token, lambda: goal_handle.is_cancel_requested)
+        if answer.cancelled and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif answer.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return _fill_answer(AskAction.Result(), answer)
+
+    async def _on_reset(self, request, response):
+        """``~/reset``: forget one stream's memory (or every stream's with an empty name)."""
+        names = self._settings.stream_names if self._settings else []
+        if request.stream and request.stream not in names:
+            response.success, response.error = False, f"unknown stream {request.stream!r}; streams: {names}"
+            return response
+        job = ResetJob(request.stream or None)
+        error = self._submit(job)
+        if error is None:
+            error = await self._completion(job)
+        response.success, response.error = not error, error
+        if not error:
+            self.get_logger().info(f"memory reset: {request.stream or 'all streams'}")
+        return response
+
+    def _expire_questions(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.expire()
+
+    # ================================================================== status
+    def _frame_age(self, stamp: Optional[float]) -> float:
+        """Node clock - header stamp (s); -1 when unknown (no frame yet, or sim clock not started)."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if stamp is None or now <= 0.0:
+            return -1.0
+        return max(0.0, now - stamp)
+
+    def _publish_memory_status(self) -> None:
+        if self._status_pub is None or self._model is None:
+            return
+        msg = MemoryStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.model = str(self._model.name)
+        msg.model_is_random_weights = bool(getattr(self._model, "is_tiny", False))
+        for rt in self._streams.values():
+            st = rt.stats
+            msg.streams.append(StreamStatus(
+                name=rt.name, topic=self.resolve_topic_name(rt.settings.topic), transport=rt.settings.transport,
+                frames_received=rt.received, frames_sampled=rt.sampled, frames_ingested=rt.ingested,
+                frames_dropped=rt.dropped, frames_rejected=rt.rejected,
+                memory_tokens=st.tokens if st else 0, budget_tokens=(st.budget or 0) if st else 0,
+                oldest_stamp=_to_time(st.oldest_time if st else None),
+                newest_stamp=_to_time(st.newest_time if st else None),
+                ingest_rate_hz=rt.rate.rate_hz(), newest_frame_age_s=self._frame_age(rt.newest_ingested_stamp),
+                queue_depth=len(rt.slot)))
+        self._status_pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        model = self._model
+        level, text = model_level(model is not None, getattr(model, "name", ""), getattr(model, "is_tiny", False),
+                                  self._model_error)
+        hw = self.get_fully_qualified_name()
+        statuses = [DiagnosticStatus(level=bytes([level]), name=f"{hw}: model", message=text, hardware_id=hw,
+                                     values=[KeyValue(key="model", value=str(getattr(model, "name", ""))),
+                                             KeyValue(key="device", value=str(getattr(model, "device", "")))])]
+        s = self._settings
+        for rt in self._streams.values():
+            counts = (rt.sampled, rt.dropped)
+            last = self._last_counts.get(rt.name, (0, 0))
+            self._last_counts[rt.name] = counts
+            age = self._frame_age(rt.newest_ingested_stamp)
+            health = StreamHealth(
+                active=self._active, topic=self.resolve_topic_name(rt.settings.topic), frames_received=rt.received,
+                sampled_in_period=counts[0] - last[0], dropped_in_period=counts[1] - last[1],
+                newest_frame_age_s=None if age < 0 else age, ingest_rate_hz=rt.rate.rate_hz(),
+                sample_fps=s.sample_fps, stale_frame_warn_s=s.stale_frame_warn_s, drop_warn_ratio=s.drop_warn_ratio)
+            level, text = stream_level(health)
+            values = {"frames_received": rt.received, "frames_sampled": rt.sampled, "frames_ingested": rt.ingested,
+                      "frames_dropped": rt.dropped, "frames_rejected": rt.rejected,
+                      "ingest_rate_hz": f"{health.ingest_rate_hz:.2f}", "newest_frame_age_s": f"{age:.3f}"}
+            statuses.append(DiagnosticStatus(
+                level=bytes([level]), name=f"{hw}: stream {rt.name}", message=text, hardware_id=hw,
+                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
+        msg = DiagnosticArray(status=statuses)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """``livevlm_node``: run the node; with ``autostart`` configure + activate at once.
+
+    Returns the process exit status: 0 after a clean shutdown (Ctrl-C / SIGTERM via rclpy),
+    1 when configure or activate fails under ``autostart``, 2 for invalid parameter overrides.
+    """
+    rclpy.init(args=args)
+    node: Optional[LiveVLMNode] = None
+    status = 0
+    try:
+        try:
+            node = LiveVLMNode()
+        except (rclpy.exceptions.ParameterException, ValueError) as exc:
+            print(f"[livevlm] invalid parameters: {exc}", file=sys.stderr)
+            return 2
+        streams = len(node.get_parameter("streams").value or [])
+        executor = MultiThreadedExecutor(num_threads=max(4, streams + 3))
+        executor.add_node(node)
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart: configure failed (see the error above); exiting")
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart: activate failed; exiting")
+                return 1
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.release_engine()
+            try:
+                node.destroy_node()
+            except Exception:
+                pass
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,554 @@
+"""The single thread that owns the model: frame ingest round-robin and FIFO questions.
+
+Concurrency contract (the node relies on it):
+
+* Only the worker thread calls the engine (``LiveVLMStream.ingest/ask/reset/stats`` and the
+  model they share). Image callbacks, service/action handlers and timers never do.
+* Image callbacks call :meth:`StreamRuntime.offer`: sample by header stamp, decode, put into a
+  latest-wins slot, return. They hold only the stream's own short lock (never taken by the
+  engine), so a busy model never blocks them.
+* Service/action handlers :meth:`InferenceWorker.submit` a job and wait for its completion
+  callback. Questions queue FIFO behind at most ``max_queued`` others (more are refused at
+  once) and are finished with a timeout error when their deadline passes while they wait
+  (:meth:`InferenceWorker.expire`, called periodically) or while they are answered
+  (``should_stop`` is polled per token).
+* Before a question about stream S is answered, every frame pending in S's slot is ingested,
+  so frames received before the question are part of the answer.
+* Timers read counters (plain ints, each written by one thread) and the latest
+  :class:`MemoryStats` snapshot the worker stores after each engine call.
+
+Pure Python: the engine streams are injected (anything with ``ingest/ask/reset/stats``), so
+this module is tested with a fake engine and no ROS graph.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from livevlm_ros.engine.errors import (
+    EmptyMemoryError,
+    InvalidFrameError,
+    InvalidQuestionError,
+    TimestampError,
+)
+from livevlm_ros.engine.results import AskResult, MemoryStats
+from livevlm_ros.io.image_codec import ImageDecodeError
+
+from .frame_sampler import FrameSampler, Verdict
+from .latest_frame_slot import LatestFrameSlot
+from .parameters import StreamSettings
+from .questions import Question, resolve_window
+from .status import RateMeter
+
+__all__ = [
+    "FrameItem",
+    "Offer",
+    "StreamRuntime",
+    "Answer",
+    "Job",
+    "QuestionJob",
+    "ResetJob",
+    "QueueFullError",
+    "WorkerStoppedError",
+    "InferenceWorker",
+]
+
+Clock = Callable[[], float]
+
+
+# ============================================================================ frames
+@dataclass
+class FrameItem:
+    """A sampled, decoded frame waiting for the worker.
+
+    Attributes:
+        frame: RGB uint8 (H, W, 3).
+        stamp_s: header stamp (s).
+        epoch: the sampler's timeline number (a new one means: reset the memory first).
+        received_at: monotonic time (s) the callback got it (for in-node latency).
+    """
+
+    frame: np.ndarray
+    stamp_s: float
+    epoch: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What :meth:`StreamRuntime.offer` did with a message.
+
+    Attributes:
+        verdict: keep (queued), skip (rate) or reject (bad stamp or image).
+        reason: why it was rejected, or that a new timeline started; empty otherwise.
+        dropped: True when queuing it overwrote an older pending frame.
+    """
+
+    verdict: Verdict
+    reason: str = ""
+    dropped: bool = False
+    new_epoch: bool = False
+
+
+class StreamRuntime:
+    """Everything the node keeps for one camera stream.
+
+    The engine stream is touched only by the worker. Counters are written by one thread each:
+    ``received``, ``sampled``, ``rejected_input`` by the stream's image callback (a mutually
+    exclusive callback group), ``ingested``, ``rejected_ingest`` by the worker; ``dropped``
+    lives in the slot. Invariant: ``sampled == ingested + rejected_ingest + dropped + pending``.
+
+    Args:
+        settings: the stream's name, topic, transport, QoS.
+        engine: a ``LiveVLMStream`` (or a fake with ``ingest/ask/reset/stats``).
+        sampler: the stream's :class:`FrameSampler`.
+        queue_depth: depth of the latest-wins slot.
+        clock: monotonic clock (s).
+    """
+
+    def __init__(self, settings: StreamSettings, engine: Any, sampler: FrameSampler, queue_depth: int = 1,
+                 clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.engine = engine
+        self.sampler = sampler
+        self.slot: LatestFrameSlot[FrameItem] = LatestFrameSlot(queue_depth)
+        self.lock = threading.Lock()  # sampler + slot.put (callback) vs reset (worker)
+        self.clock = clock
+        self.received = 0
+        self.sampled = 0
+        self.rejected_input = 0
+        self.ingested = 0
+        self.rejected_ingest = 0
+        self.engine_epoch = sampler.epoch
+        self.newest_ingested_stamp: Optional[float] = None
+        self.newest_received_stamp: Optional[float] = None
+        self.stats: Optional[MemoryStats] = None
+        self.rate = RateMeter(clock=clock)
+
+    @property
+    def dropped(self) -> int:
+        return self.slot.dropped
+
+    @property
+    def rejected(self) -> int:
+        return self.rejected_input + self.rejected_ingest
+
+    # ---------------------------------------------------------------- callback side
+    def offer(self, stamp_s: float, decode: Callable[[], np.ndarray]) -> Offer:
+        """Sample a message stamped ``stamp_s``; if kept, ``decode()`` it and queue it.
+
+        Called from the stream's image callback; never waits on the engine. ``decode`` raises
+        ``ImageDecodeError`` (or ``ValueError``) for a bad image, which rejects the frame.
+        """
+        self.received += 1
+        self.newest_received_stamp = stamp_s
+        with self.lock:
+            decision = self.sampler.evaluate(stamp_s)
+            if decision.verdict is Verdict.SKIP:
+                return Offer(Verdict.SKIP)
+            if decision.verdict is Verdict.REJECT:
+                self.rejected_input += 1
+                return Offer(Verdict.REJECT, decision.reason)
+            try:
+                frame = decode()
+            except (ImageDecodeError, ValueError) as exc:
+                self.rejected_input += 1
+                return Offer(Verdict.REJECT, str(exc))
+            self.sampler.commit(decision)
+            self.sampled += 1
+            evicted = self.slot.put(FrameItem(frame, stamp_s, decision.epoch, self.clock()))
+        return Offer(Verdict.KEEP, decision.reason, dropped=evicted is not None,
+                     new_epoch=decision.starts_new_epoch)
+
+    # ---------------------------------------------------------------- worker side
+    def refresh_stats(self) -> None:
+        self.stats = self.engine.stats()
+
+
+# ============================================================================ jobs
+@dataclass
+class Answer:
+    """The outcome of one question (maps 1:1 onto the Ask response / action result).
+
+    Attributes:
+        success: True when ``answer`` holds a complete answer.
+        answer: text (partial when cancelled or timed out).
+        error: why not successful; empty otherwise.
+        ttft_s: engine call to first token (s); 0 if none.
+        total_latency_s: request arrival to answer done (s), queue wait included.
+        queue_wait_s: request arrival to the worker starting it (s).
+        frames_seen, span_start, span_end, memory_tokens, pages_retrieved, new_tokens,
+        stop_reason: from the engine's ``AskResult`` (span in stream seconds or None).
+        cancelled: the caller cancelled it.
+    """
+
+    success: bool
+    answer: str = ""
+    error: str = ""
+    ttft_s: float = 0.0
+    total_latency_s: float = 0.0
+    queue_wait_s: float = 0.0
+    frames_seen: int = 0
+    span_start: Optional[float] = None
+    span_end: Optional[float] = None
+    memory_tokens: int = 0
+    pages_retrieved: float = 0.0
+    new_tokens: int = 0
+    stop_reason: str = ""
+    cancelled: bool = False
+
+
+class Job:
+    """A unit of work for the worker, finished exactly once (first :meth:`finish` wins)."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.created_at = clock()
+        self.result: Any = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._callbacks: List[Callable[["Job"], None]] = []
+
+    def finish(self, result: Any) -> bool:
+        """Set the result and run the done callbacks; False if it was already finished."""
+        with self._lock:
+            if self._done.is_set():
+                return False
+            self.result = result
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+        return True
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._done.wait(timeout)
+
+    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+        """Call ``callback(job)`` when finished (at once, in this thread, if it already is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+
+class QuestionJob(Job):
+    """A question to answer.
+
+    Args:
+        question: the validated question (its ``timeout_s`` sets the deadline).
+        on_token: ``on_token(new_text, partial_answer, tokens_generated)`` per decoded token,
+            called from the worker thread.
+        cancel_requested: polled while waiting and per token; True cancels.
+    """
+
+    def __init__(self, question: Question, *, on_token: Optional[Callable[[str, str, int], None]] = None,
+                 cancel_requested: Callable[[], bool] = lambda: False, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock)
+        self.question = question
+        self.deadline = self.created_at + question.timeout_s
+        self.on_token = on_token
+        self.cancel_requested = cancel_requested
+        self.partial = ""
+        self.tokens = 0
+
+    def fail(self, error: str, *, cancelled: bool = False, **fields) -> bool:
+        now = self.clock()
+        return self.finish(Answer(False, answer=self.partial, error=error, cancelled=cancelled,
+                                  total_latency_s=now - self.created_at, new_tokens=self.tokens, **fields))
+
+
+class ResetJob(Job):
+    """Forget the memory of one stream (``stream``) or of every stream (``None``).
+
+    Its result is an error message, empty on success.
+    """
+
+    def __init__(self, stream: Optional[str], clock: Clock = time.monotonic) -> None:
+        super().__init__(clock)
+        self.stream = stream
+
+
+class QueueFullError(RuntimeError):
+    """``max_queued`` questions are already waiting."""
+
+
+class WorkerStoppedError(RuntimeError):
+    """The worker is not running (node inactive or shutting down)."""
+
+
+# ============================================================================ worker
+class InferenceWorker:
+    """Owns the engine streams; ingests frames round-robin and serves jobs FIFO.
+
+    Args:
+        streams: ``{name: StreamRuntime}``; the first is the default stream.
+        max_queued: questions that may wait behind the one being answered.
+        logger: rclpy-style logger (``info/warning/error`` accepting ``throttle_duration_sec``).
+        clock: monotonic clock (s).
+        idle_wait_s: longest sleep when there is nothing to do (s).
+    """
+
+    WARN_THROTTLE_S = 5.0
+
+    def __init__(self, streams: Mapping[str, StreamRuntime], *, max_queued: int, logger: Any,
+                 clock: Clock = time.monotonic, idle_wait_s: float = 0.5) -> None:
+        self.streams: Dict[str, StreamRuntime] = dict(streams)
+        self.max_queued = int(max_queued)
+        self._log = logger
+        self._clock = clock
+        self._idle_wait_s = idle_wait_s
+        self._jobs: Deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._wake = False
+        self._running = False
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._rr = 0
+        self.busy_with: Optional[Job] = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._running = True
+        for rt in self.streams.values():
+            rt.refresh_stats()
+        self._thread = threading.Thread(target=self._run, name="livevlm_worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the thread (a running answer stops at its next token); fail queued jobs.
+
+        Returns False if the thread did not end within ``timeout`` s.
+        """
+        with self._cond:
+            self._running = False
+            self._stopping = True
+            pending = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+        for job in pending:
+            self._refuse(job, "the node is shutting down or deactivating")
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ---------------------------------------------------------------- producers
+    def notify(self) -> None:
+        """New frames are pending (called by image callbacks; O(1), never waits on the engine)."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (FIFO).
+
+        Raises:
+            WorkerStoppedError: not running.
+            QueueFullError: ``max_queued`` questions are already waiting (questions only).
+        """
+        with self._cond:
+            if not self._running:
+                raise WorkerStoppedError("the node is not active")
+            if isinstance(job, QuestionJob):
+                waiting = sum(isinstance(j, QuestionJob) for j in self._jobs)
+                if waiting >= self.max_queued:
+                    raise QueueFullError(
+                        f"busy: {waiting} question(s) already waiting (max_queued_questions={self.max_queued}); "
+                        "try again later")
+            self._jobs.append(job)
+            self._wake = True
+            self._cond.notify()
+
+    def queued_questions(self) -> int:
+        with self._cond:
+            return sum(isinstance(j, QuestionJob) for j in self._jobs)
+
+    def expire(self) -> int:
+        """Finish waiting questions that were cancelled or ran past their deadline; returns how many."""
+        now = self._clock()
+        expired = []
+        with self._cond:
+            keep: Deque[Job] = deque()
+            for job in self._jobs:
+                if isinstance(job, QuestionJob) and (job.cancel_requested() or now > job.deadline or job.done()):
+                    expired.append(job)
+                else:
+                    keep.append(job)
+            self._jobs = keep
+        for job in expired:
+            self._finish_unstarted(job, now)
+        return len(expired)
+
+    # ---------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    break
+                job = self._jobs.popleft() if self._jobs else None
+            try:
+                worked = False
+                if job is not None:
+                    self._serve(job)
+                    worked = True
+                worked = self._ingest_round() or worked
+            except Exception as exc:  # never let the worker die silently
+                self._log.error(f"worker: unexpected error: {exc!r}")
+                worked = True
+                if job is not None and not job.done():
+                    self._refuse(job, f"internal error: {exc!r}")
+            if not worked:
+                with self._cond:
+                    if not self._wake and not self._jobs and not self._stopping:
+                        self._cond.wait(self._idle_wait_s)
+                    self._wake = False
+
+    def _ingest_round(self) -> bool:
+        """Ingest at most one pending frame of each stream, starting after last round's first."""
+        names = list(self.streams)
+        worked = False
+        for k in range(len(names)):
+            rt = self.streams[names[(self._rr + k) % len(names)]]
+            item = rt.slot.take()
+            if item is not None:
+                self._ingest(rt, item)
+                worked = True
+        self._rr = (self._rr + 1) % max(1, len(names))
+        return worked
+
+    def _ingest(self, rt: StreamRuntime, item: FrameItem) -> None:
+        if item.epoch != rt.engine_epoch:
+            rt.engine.reset()
+            rt.engine_epoch = item.epoch
+            rt.newest_ingested_stamp = None
+            self._log.info(f"stream {rt.name}: header stamps jumped back to {item.stamp_s:.3f} s: memory cleared "
+                           "(timestamp_jump_policy reset)")
+        try:
+            rt.engine.ingest(item.frame, item.stamp_s)
+        except (InvalidFrameError, TimestampError) as exc:
+            rt.rejected_ingest += 1
+            self._log.warning(f"stream {rt.name}: frame stamped {item.stamp_s:.3f} s refused by the engine: {exc}",
+                              throttle_duration_sec=self.WARN_THROTTLE_S)
+        except Exception as exc:  # e.g. CUDA out of memory while prefilling a clip
+            rt.rejected_ingest += 1
+            self._log.error(f"stream {rt.name}: ingest failed: {exc!r}", throttle_duration_sec=self.WARN_THROTTLE_S)
+        else:
+            rt.ingested += 1
+            rt.newest_ingested_stamp = item.stamp_s
+            rt.rate.tick()
+        rt.refresh_stats()
+
+    def _serve(self, job: Job) -> None:
+        self.busy_with = job
+        try:
+            if isinstance(job, QuestionJob):
+                self._answer(job)
+            elif isinstance(job, ResetJob):
+                self._reset(job)
+        finally:
+            self.busy_with = None
+
+    def _reset(self, job: ResetJob) -> None:
+        names = list(self.streams) if job.stream is None else [job.stream]
+        for name in names:
+            rt = self.streams[name]
+            with rt.lock:
+                rt.sampler.reset()
+                rt.slot.clear()
+                rt.engine_epoch = rt.sampler.epoch
+            rt.engine.reset()
+            rt.newest_ingested_stamp = None
+            rt.refresh_stats()
+        job.finish("")
+
+    def _finish_unstarted(self, job: QuestionJob, now: float) -> None:
+        if job.cancel_requested():
+            job.fail("cancelled before it was answered", cancelled=True, queue_wait_s=now - job.created_at)
+        else:
+            job.fail(f"timed out after {job.question.timeout_s:g} s waiting in the queue "
+                     "(raise timeout_s / ask_timeout_s, or ask less often)", queue_wait_s=now - job.created_at)
+
+    def _answer(self, job: QuestionJob) -> None:
+        started = self._clock()
+        if job.done():
+            return
+        if job.cancel_requested() or started > job.deadline:
+            self._finish_unstarted(job, started)
+            return
+        q = job.question
+        rt = self.streams[q.stream]
+        for item in rt.slot.take_all():  # frames received before the question are part of it
+            self._ingest(rt, item)
+        since, until = resolve_window(q, rt.newest_ingested_stamp)
+
+        def on_token(piece: str) -> None:
+            job.partial += piece
+            job.tokens += 1
+            if job.on_token is not None:
+                try:
+                    job.on_token(piece, job.partial, job.tokens)
+                except Exception as exc:  # a feedback failure must not lose the answer
+                    self._log.warning(f"token feedback failed: {exc!r}", throttle_duration_sec=self.WARN_THROTTLE_S)
+
+        def should_stop() -> bool:
+            return self._stopping or job.cancel_requested() or self._clock() > job.deadline
+
+        wait = started - job.created_at
+        try:
+            result: AskResult = rt.engine.ask(q.text, max_new_tokens=q.max_new_tokens, since=since, until=until,
+                                              on_token=on_token, should_stop=should_stop)
+        except InvalidQuestionError as exc:
+            job.fail(f"invalid question: {exc}", queue_wait_s=wait)
+            return
+        except EmptyMemoryError as exc:
+            job.fail(f"nothing to answer from on stream {rt.name} (topic {rt.settings.topic}): {exc}",
+                     queue_wait_s=wait)
+            return
+        except Exception as exc:
+            self._log.error(f"stream {rt.name}: answering failed: {exc!r}")
+            job.fail(f"internal error while answering: {exc!r}", queue_wait_s=wait)
+            return
+        finally:
+            rt.refresh_stats()
+        fields = dict(
+            ttft_s=result.ttft_s, queue_wait_s=wait, frames_seen=result.frames_seen, span_start=result.span_start,
+            span_end=result.span_end, memory_tokens=result.memory_tokens, pages_retrieved=result.pages_retrieved,
+            stop_reason=result.stop_reason,
+        )
+        if result.stop_reason == "cancelled":
+            job.partial = result.answer
+            if job.cancel_requested():
+                job.fail("cancelled", cancelled=True, **fields)
+            elif self._stopping:
+                job.fail("the node is shutting down or deactivating", **fields)
+            else:
+                job.fail(f"timed out after {q.timeout_s:g} s (partial answer)", **fields)
+            return
+        job.finish(Answer(True, answer=result.answer, total_latency_s=self._clock() - job.created_at,
+                          new_tokens=result.new_tokens, **fields))
+
+    def _refuse(self, job: Job, error: str) -> None:
+        if isinstance(job, QuestionJob):
+            job.fail(error)
+        else:
+            job.finish(error)
