@@ -210,7 +210,10 @@ unset AMENT_PREFIX_PATH
 
 # ---------------------------------------------------------------- 7. livevlm_ros itself
 say "pip install --no-deps -e . (console scripts -> $V/bin)"
-pip_q install -q --no-deps --no-build-isolation -e "$ROOT" || die "pip install -e . failed"
+# --use-pep517: an editable wheel (PEP 660). Older pips (Debian's venv pip 23.0) would
+# otherwise run the legacy `setup.py develop`, which reads setup.cfg's colcon-only [develop]
+# section and, with setuptools >= 80, fails on it.
+pip_q install -q --no-deps --no-build-isolation --use-pep517 -e "$ROOT" || die "pip install -e . failed"
 # An editable wheel carries no data_files: register the package in the venv's ament index
 # the way colcon's install would (share/livevlm_ros/{package.xml,launch,config}), as links
 # into the checkout, so ament_index_python finds it with AMENT_PREFIX_PATH=.venv.
