@@ -334,7 +334,9 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     elif kind == _STRING_ARRAY:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-    raise ValueError(f"{spec.name} must be a {kind.replace('_', ' ')}, got {value!r} ({type(value).__name__})")
+    what = {_BOOL: "a bool", _INTEGER: "an integer", _DOUBLE: "a number", _STRING: "a string",
+            _STRING_ARRAY: "a list of strings"}[kind]
+    raise ValueError(f"{spec.name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
 def _check(spec: ParamSpec, value: Any) -> None:

@@ -324,8 +324,6 @@ class InferenceWorker:
             return
         self._stopping = False
         self._running = True
-        for rt in self.streams.values():
-            rt.refresh_stats()
         self._thread = threading.Thread(target=self._run, name="livevlm_worker", daemon=True)
         self._thread.start()
 
@@ -401,6 +399,8 @@ class InferenceWorker:
 
     # ---------------------------------------------------------------- the thread
     def _run(self) -> None:
+        for rt in self.streams.values():
+            rt.refresh_stats()
         while True:
             with self._cond:
                 if self._stopping:
