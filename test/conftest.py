@@ -1,0 +1,97 @@
+"""Shared pytest setup for every test under test/.
+
+* ROS traffic stays on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a
+  ``ROS_DOMAIN_ID`` of this test session (``LIVEVLM_TEST_DOMAIN_ID`` pins it); ROS logs go to a
+  temporary ``ROS_LOG_DIR``; the model hub is not contacted (``HF_HUB_OFFLINE=1``). Set in
+  :func:`pytest_configure`, before any test starts rclpy or a child process.
+* Fixtures: ``shared_data`` (the real recordings), ``ros_client`` (an rclpy helper node in its own
+  context), ``node_process`` (starts ``livevlm`` nodes as their own processes, stopped SIGINT ->
+  SIGTERM at the end). The helpers themselves live in ``ros_helpers.py``.
+"""
+
+import os
+from pathlib import Path
+import random
+import shutil
+import tempfile
+
+import pytest
+
+#: The real recordings (README.md there): ../shared/data next to the repository, or LIVEVLM_SHARED_DATA.
+SHARED_DATA = Path(
+    os.environ.get("LIVEVLM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+
+_TMP_LOG_DIR = None
+
+
+def _session_domain_id() -> int:
+    pinned = os.environ.get("LIVEVLM_TEST_DOMAIN_ID")
+    if pinned:
+        return int(pinned)
+    caller = os.environ.get("ROS_DOMAIN_ID")
+    # 1..100 keeps every DDS port in the valid range; never the caller's own domain.
+    choices = [d for d in range(1, 101) if str(d) != caller]
+    return random.SystemRandom().choice(choices)
+
+
+def pytest_configure(config):
+    global _TMP_LOG_DIR
+    os.environ["ROS_DOMAIN_ID"] = str(_session_domain_id())
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    for name in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "RMW_IMPLEMENTATION"):
+        os.environ.pop(name, None)
+    if not os.environ.get("ROS_LOG_DIR"):
+        _TMP_LOG_DIR = tempfile.mkdtemp(prefix="livevlm_test_ros_log_")
+        os.environ["ROS_LOG_DIR"] = _TMP_LOG_DIR
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def pytest_unconfigure(config):
+    if _TMP_LOG_DIR:
+        shutil.rmtree(_TMP_LOG_DIR, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    return (f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')} ROS_AUTOMATIC_DISCOVERY_RANGE="
+            f"{os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')} ROS_LOG_DIR={os.environ.get('ROS_LOG_DIR')}")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The directory of real recordings; skips when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def ros_client():
+    """An rclpy helper node (own context, executor thread) for one test module."""
+    from ros_helpers import RosClient, require_ros
+
+    require_ros()
+    client = RosClient("livevlm_test_client")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory):
+    """``start(params, ...)`` -> a running :class:`ros_helpers.NodeProcess`; all stopped at the end."""
+    from ros_helpers import NodeProcess, require_ros
+
+    require_ros()
+    started = []
+
+    def start(params, **kwargs):
+        proc = NodeProcess(params, workdir=tmp_path_factory.mktemp("node"), **kwargs)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,252 @@
+"""Helpers for tests that need a ROS graph: the livevlm node as its own process, an rclpy
+client node in its own context, camera publishers and image messages.
+
+Every test module that uses them skips (with the reason) where rclpy or the built
+``livevlm_interfaces`` cannot be imported; run ``scripts/setup.sh`` to build them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ros_missing_reason() -> Optional[str]:
+    try:
+        import rclpy  # noqa: F401
+        import livevlm_interfaces.action  # noqa: F401
+        import livevlm_interfaces.msg  # noqa: F401
+        import livevlm_interfaces.srv  # noqa: F401
+    except ImportError as exc:
+        return f"rclpy or the built livevlm_interfaces is missing ({exc}): run scripts/setup.sh"
+    return None
+
+
+def require_ros() -> None:
+    reason = ros_missing_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+requires_ros = pytest.mark.skipif(ros_missing_reason() is not None, reason=str(ros_missing_reason()))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+# ============================================================================ node process
+class NodeProcess:
+    """``python -m livevlm_ros.ros.node`` with parameters from a YAML file, output to a log file.
+
+    Args:
+        params: node parameters (flat names, e.g. ``{"model": "tiny-llava-onevision"}``).
+        workdir: where the parameter file and the log go.
+        name / namespace: node name and namespace (``-r __node:=`` / ``-r __ns:=``).
+        remaps: ``["from:=to", ...]``.
+        extra_ros_args: more ``--ros-args`` arguments.
+    """
+
+    def __init__(self, params: Dict, workdir: Path, name: str = "livevlm", namespace: str = "",
+                 remaps: Sequence[str] = (), extra_ros_args: Sequence[str] = (), env: Optional[Dict] = None):
+        self.params, self.workdir, self.name, self.namespace = dict(params), Path(workdir), name, namespace
+        self.remaps, self.extra_ros_args = list(remaps), list(extra_ros_args)
+        self.env = dict(os.environ if env is None else env)
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.returncode: Optional[int] = None
+
+    @property
+    def fqn(self) -> str:
+        return f"{self.namespace.rstrip('/')}/{self.name}" if self.namespace else f"/{self.name}"
+
+    def command(self) -> List[str]:
+        params_file = self.workdir / f"{self.name}_params.yaml"
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": self.params}}))
+        args = [sys.executable, "-m", "livevlm_ros.ros.node", "--ros-args", "--params-file", str(params_file),
+                "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}"]
+        for remap in self.remaps:
+            args += ["-r", remap]
+        return args + self.extra_ros_args
+
+    def start(self) -> "NodeProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=ROOT)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout: float) -> int:
+        self.returncode = self.proc.wait(timeout)
+        return self.returncode
+
+    def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 5.0) -> Optional[int]:
+        """SIGINT, wait; then SIGTERM, wait; then SIGKILL. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            for sig, timeout in ((signal.SIGINT, sigint_timeout), (signal.SIGTERM, sigterm_timeout)):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            else:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self._log.close()
+        return self.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# ============================================================================ client node
+class RosClient:
+    """An rclpy node in its own context, spun by a MultiThreadedExecutor in a background thread."""
+
+    def __init__(self, name: str):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self._clients: Dict = {}
+
+    def now(self):
+        return self.node.get_clock().now()
+
+    def client(self, srv_type, name: str):
+        key = (srv_type, name)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        return self._clients[key]
+
+    def call(self, srv_type, name: str, request, timeout: float = 30.0):
+        """Call a service (waits for it first); returns the response or raises AssertionError."""
+        client = self.client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+        future = client.call_async(request)
+        wait_until(future.done, timeout, f"a response from {name}")
+        return future.result()
+
+    def subscribe(self, msg_type, topic: str, qos=10) -> List:
+        """Messages received on ``topic`` are appended to the returned list."""
+        received: List = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+# ============================================================================ images
+def raw_image_msg(rgb: np.ndarray, stamp, encoding: str = "bgr8"):
+    from livevlm_ros.tools.ros_cli import image_msg
+
+    return image_msg(rgb, stamp, encoding)
+
+
+def compressed_image_msg(rgb: Optional[np.ndarray], stamp, data: Optional[bytes] = None):
+    from livevlm_ros.tools import ros_cli
+
+    return ros_cli.compressed_image_msg(rgb, stamp, quality=80, data=data)
+
+
+def sensor_qos(depth: int = 5, reliable: bool = True):
+    """Camera publisher QoS: REP-2003 says publishers are reliable (best-effort subscribers match)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+class CameraPublisher:
+    """Publishes frames of ``render(t)`` at ``rate_hz`` in a thread, stamped with the client's clock.
+
+    Args:
+        client: the :class:`RosClient`.
+        topic: image topic.
+        transport: ``raw`` (bgr8 Image) or ``compressed`` (JPEG CompressedImage).
+        render: ``t -> RGB uint8`` (t: seconds since start); JPEGs of identical frames are cached.
+    """
+
+    def __init__(self, client: RosClient, topic: str, transport: str, render: Callable[[float], np.ndarray],
+                 rate_hz: float = 30.0):
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.client, self.transport, self.render, self.rate_hz = client, transport, render, rate_hz
+        self.publisher = client.node.create_publisher(
+            CompressedImage if transport == "compressed" else Image, topic, sensor_qos())
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def wait_for_subscriber(self, timeout: float = 20.0) -> "CameraPublisher":
+        wait_until(lambda: self.publisher.get_subscription_count() > 0, timeout, "the node's subscription")
+        return self
+
+    def message(self, t: float):
+        stamp = self.client.now().to_msg()
+        rgb = self.render(t)
+        if self.transport == "compressed":
+            return compressed_image_msg(rgb, stamp)
+        return raw_image_msg(rgb, stamp)
+
+    def _run(self):
+        t0 = time.monotonic()
+        next_t = t0
+        while not self._stop.is_set():
+            self.publisher.publish(self.message(time.monotonic() - t0))
+            self.count += 1
+            next_t += 1.0 / self.rate_hz
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def start(self) -> "CameraPublisher":
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        return self.count
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
