@@ -141,3 +141,35 @@ def test_vsb_survivors_stay_in_temporal_order_with_metadata():
     stats = stream.stats()
     assert stats.long_term_tokens == 64
     assert stats.oldest_time is not None and stats.newest_time == pytest.approx(0.5 * 19)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-smolvlm"])
+def test_default_budget_fits_the_context_and_positions_stay_inside(name):
+    model = tiny_model(name)
+    stream = LiveVLMStream(model, EngineConfig(memory="vsb", clip_frames=8))
+    assert 1 <= stream.budget < 12000  # the paper's 12,000 does not fit a 1,024-position model
+    for i, frame in enumerate(random_frames(60, seed=13)):
+        stream.ingest(frame, 0.5 * i)
+    stream.ask("what happened?", max_new_tokens=stream.config.max_new_tokens)
+    stats = stream.stats()
+    assert stats.long_term_tokens == stream.budget
+    assert stats.max_position_id < model.max_position_embeddings
+
+
+def test_budget_that_cannot_fit_is_a_clear_config_error():
+    from livevlm_ros.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="does not fit .* 1024 positions"):
+        LiveVLMStream(tiny_model("tiny-llava-onevision"), EngineConfig(budget_tokens=5000))
+    with pytest.raises(ConfigError, match="at most 0 long-term tokens"):
+        LiveVLMStream(tiny_model("tiny-llava-onevision"), EngineConfig(clip_frames=64))
+    # the unbounded baseline has no budget to check
+    assert LiveVLMStream(tiny_model("tiny-llava-onevision"), EngineConfig(memory="full")).stats().budget is None
+
+
+def test_question_that_would_pass_the_context_is_rejected():
+    from livevlm_ros.engine import InvalidQuestionError
+
+    stream = stream_of("tiny-llava-onevision", random_frames(30, seed=14), budget_tokens=400, clip_frames=4)
+    with pytest.raises(InvalidQuestionError, match="do not fit"):
+        stream.ask("why? " * 300, max_new_tokens=64)

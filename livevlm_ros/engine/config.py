@@ -27,6 +27,12 @@ MEMORY_POLICIES = ("full", "sliding", "topk", "vsb", "rekv")
 RETRIEVAL_POLICIES = ("none", "par", "par-pe")
 
 
+#: The paper's long-term budget M (tokens), used when ``budget_tokens`` is None and it fits.
+REFERENCE_BUDGET_TOKENS = 12000
+#: Positions kept free for the question (tokens) when checking that a budget fits the context.
+QUESTION_RESERVE_TOKENS = 128
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -41,7 +47,8 @@ class EngineConfig:
         memory: one of :data:`MEMORY_POLICIES`.
         retrieval: one of :data:`RETRIEVAL_POLICIES` (ignored by ``rekv``, which retrieves frames).
         budget_tokens: long-term memory budget M (tokens per layer). For ``sliding`` and
-            ``rekv`` it is the size of the on-device recent window.
+            ``rekv`` it is the size of the on-device recent window. ``None``: the paper's
+            12,000, lowered to what fits the model's trained context (see ``LiveVLMStream.budget``).
         short_term_frames: W, the most recent frames kept uncompressed.
         observation_tokens: r, the newest vision tokens whose attention scores the cache
             (VSB/top-k). ``None`` means the tokens of the clip's last frame.
@@ -58,7 +65,7 @@ class EngineConfig:
     clip_frames: int = 8
     memory: str = "vsb"
     retrieval: str = "par"
-    budget_tokens: int = 12000
+    budget_tokens: Optional[int] = None
     short_term_frames: int = 2
     observation_tokens: Optional[int] = None
     bucket_capacity: int = 1
@@ -77,7 +84,10 @@ class EngineConfig:
             f"retrieval must be one of {RETRIEVAL_POLICIES}, got {self.retrieval!r}",
         )
         _check(1 <= self.clip_frames <= 1024, f"clip_frames must be in [1, 1024], got {self.clip_frames}")
-        _check(self.budget_tokens >= 1, f"budget_tokens must be >= 1, got {self.budget_tokens}")
+        _check(
+            self.budget_tokens is None or self.budget_tokens >= 1,
+            f"budget_tokens must be None (auto) or >= 1, got {self.budget_tokens}",
+        )
         _check(self.short_term_frames >= 0, f"short_term_frames must be >= 0, got {self.short_term_frames}")
         _check(
             self.observation_tokens is None or self.observation_tokens >= 1,

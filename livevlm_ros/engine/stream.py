@@ -28,9 +28,9 @@ from transformers.generation.logits_process import (
 
 from . import compression, retrieval
 from .answer_cache import AnswerCache
-from .config import EngineConfig
+from .config import QUESTION_RESERVE_TOKENS, REFERENCE_BUDGET_TOKENS, EngineConfig
 from .decoder import RotaryTable, attend, finish, logits_of, observation_scores, project
-from .errors import EmptyMemoryError, InvalidFrameError, InvalidQuestionError, TimestampError
+from .errors import ConfigError, EmptyMemoryError, InvalidFrameError, InvalidQuestionError, TimestampError
 from .kv_memory import KVMemory
 from .models.base import VideoLLM, check_frame
 from .results import AskResult, MemoryStats
@@ -112,6 +112,34 @@ class LiveVLMStream:
         self._last_time: Optional[float] = None
         with torch.inference_mode():
             self._write_prefix()
+        self.budget = self._resolve_budget()
+
+    def _resolve_budget(self) -> int:
+        """Long-term budget M (tokens) such that no position ever passes the model's trained context.
+
+        Positions peak either while a clip is prefilled on a full memory,
+        prefix + M + (short-term + clip frames) x tokens/frame, or while answering,
+        prefix + M + short-term (+ ReKV's retrieved frames) + question reserve + max_new_tokens.
+        """
+        cfg, model = self.config, self.model
+        per_frame, prefix = model.max_tokens_per_frame, self._memory.prefix_len
+        ingest_peak = prefix + (cfg.short_term_frames + cfg.clip_frames) * per_frame
+        answer_peak = prefix + cfg.short_term_frames * per_frame + QUESTION_RESERVE_TOKENS + cfg.max_new_tokens
+        if cfg.memory == "rekv":
+            answer_peak += cfg.rekv_frames * per_frame
+        room = model.max_position_embeddings - max(ingest_peak, answer_peak)
+        if cfg.memory == "full":
+            return cfg.budget_tokens or REFERENCE_BUDGET_TOKENS  # unused: full memory never compresses
+        wanted = cfg.budget_tokens or min(REFERENCE_BUDGET_TOKENS, room)
+        if wanted < 1 or wanted > room:
+            raise ConfigError(
+                f"budget_tokens={cfg.budget_tokens or 'auto'} does not fit {model.name}'s trained context of "
+                f"{model.max_position_embeddings} positions: besides the budget, prefilling needs {ingest_peak} "
+                f"(prefix + (short_term_frames + clip_frames) x {per_frame} tokens/frame) and answering "
+                f"{answer_peak} (prefix, short-term, question reserve, max_new_tokens); at most {max(room, 0)} "
+                "long-term tokens fit. Lower the budget, clip_frames, short_term_frames or max_new_tokens."
+            )
+        return wanted
 
     def _new_memory(self, device: torch.device) -> KVMemory:
         m = self.model
@@ -243,18 +271,18 @@ class LiveVLMStream:
         cfg, memory = self.config, self._memory
         start, end = memory.prefix_len, self._short_term_start()
         length = end - start
-        if cfg.memory == "full" or length <= cfg.budget_tokens:
+        if cfg.memory == "full" or length <= self.budget:
             return
         if cfg.memory in ("sliding", "rekv"):
             if self._host is not None:
-                evicted = memory.slice_tokens(start, end - cfg.budget_tokens)
+                evicted = memory.slice_tokens(start, end - self.budget)
                 self._host.append(*(t.to("cpu") for t in evicted))
-            keep = compression.keep_recent(memory.num_layers, length, cfg.budget_tokens, memory.device)
+            keep = compression.keep_recent(memory.num_layers, length, self.budget, memory.device)
         elif cfg.memory == "topk":
-            keep = compression.keep_top_k(scores[:, start:end], cfg.budget_tokens)
+            keep = compression.keep_top_k(scores[:, start:end], self.budget)
         else:
             keep = compression.keep_vision_sink_buckets(
-                scores[:, start:end], cfg.budget_tokens, cfg.bucket_capacity, cfg.saliency_share
+                scores[:, start:end], self.budget, cfg.bucket_capacity, cfg.saliency_share
             )
         memory.keep(start, end, keep)
 
@@ -347,6 +375,7 @@ class LiveVLMStream:
     def _prefill_question(self, question: str, window: _TimeWindow, max_new: int):
         visible = self._visible_tokens(window)
         embeds = self.model.question_embeds(question, self.config.system_prompt)
+        self._check_answer_fits(embeds.shape[0], max_new)
         cache = AnswerCache(self.model.num_layers)
         stats = _AskStats()
         hidden = embeds
@@ -361,6 +390,20 @@ class LiveVLMStream:
             queries = self._rotary.rotate(inp.queries, n_context)
             hidden = finish(layer, inp.residual, attend(queries, cache.keys(i), cache.values(i), self._scale))
         return cache, logits_of(self.model.final_norm, self.model.lm_head, hidden), stats
+
+    def _check_answer_fits(self, question_tokens: int, max_new: int) -> None:
+        """Raise InvalidQuestionError if memory + question + answer could pass the trained context."""
+        if self.config.memory == "full":
+            return  # the unbounded baseline: positions grow with the stream by design
+        context = self._memory.length
+        if self._host is not None:
+            context += self.config.rekv_frames * self.model.max_tokens_per_frame
+        limit = self.model.max_position_embeddings
+        if context + question_tokens + max_new > limit:
+            raise InvalidQuestionError(
+                f"the question ({question_tokens} tokens) and up to {max_new} answer tokens do not fit after "
+                f"{context} memory tokens in the model's {limit} positions; shorten the question or max_new_tokens"
+            )
 
     def _layer_context(self, layer: int, queries: torch.Tensor, window: _TimeWindow,
                        visible: Optional[torch.Tensor]) -> _Context:
@@ -508,7 +551,7 @@ class LiveVLMStream:
         frame_times = torch.cat([t.to("cpu") for t in times])
         return MemoryStats(
             tokens=memory.length,
-            budget=None if cfg.memory == "full" else cfg.budget_tokens,
+            budget=None if cfg.memory == "full" else self.budget,
             prefix_tokens=memory.prefix_len,
             long_term_tokens=lt_end - memory.prefix_len,
             short_term_tokens=memory.length - lt_end,

@@ -79,6 +79,8 @@ class VideoLLM:
     """
 
     family: str = ""
+    #: Upper bound of the tokens one frame takes in the language model (set by each family).
+    max_tokens_per_frame: int = 0
 
     def __init__(
         self,

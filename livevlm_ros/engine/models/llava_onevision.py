@@ -34,6 +34,7 @@ class LlavaOnevisionVideoLLM(VideoLLM):
         self.frame_size = SizeDict(height=vision.image_size, width=vision.image_size)
         side = vision.image_size // vision.patch_size
         self.tokens_per_frame = ((side + 1) // 2) ** 2
+        self.max_tokens_per_frame = self.tokens_per_frame
 
     # ----------------------------------------------------------------- prompt
     def _split(self, system_prompt: Optional[str]) -> tuple[str, str]:

@@ -52,7 +52,8 @@ class SmolVLMVideoLLM(VideoLLM):
             global_image_token=getattr(tok, "global_image_token", "<global-img>"),
         )
         self.video_placeholder = "<video>"
-        self.tokens_per_frame = None  # time text length varies with the time
+        # the time text grows with the time; 10 hours of stream is a safe upper bound for sizing
+        self.max_tokens_per_frame = len(self.tokenize(frame_time_text(36000.0) + self.image_prompt))
 
     # ----------------------------------------------------------------- prompt
     def _split(self, system_prompt: Optional[str]) -> tuple[str, str]:

@@ -33,7 +33,7 @@ TINY_MODELS = (TINY_LLAVA_ONEVISION, TINY_SMOLVLM)
 #: Weights are drawn from this seed, so every load of a tiny model is the same model.
 TINY_SEED = 0
 #: Trained context of the tiny language models (positions), small so tests can stream 10x past it.
-TINY_MAX_POSITIONS = 512
+TINY_MAX_POSITIONS = 1024
 TINY_IMAGE_SIZE = 64
 TINY_PATCH_SIZE = 8
 
