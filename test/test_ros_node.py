@@ -28,6 +28,9 @@ pytestmark = requires_ros
 FRONT_TOPIC = "/test_cam/front/image_raw"
 REAR_TOPIC = "/test_cam/rear/image_raw/compressed"
 BUDGET = 256
+#: Answer length for questions that must still be generating when cancelled or timed out (fits
+#: in the tiny model's positions after the memory; ~2 s on a CPU; grey frames make it run to length).
+LONG_ANSWER = 500
 PARAMS = {
     "model": "tiny-llava-onevision", "device": "cpu", "dtype": "float32",
     "sample_fps": 4.0, "status_period_s": 0.5, "ask_timeout_s": 20.0, "max_queued_questions": 2,
@@ -208,7 +211,7 @@ def test_action_cancel_returns_the_partial_answer(ros_client, cameras):
             got_tokens.set()
 
     handle = send_goal(ros_client, feedback=on_feedback, question="Describe everything you saw.", stream="rear",
-                       max_new_tokens=2000)
+                       max_new_tokens=LONG_ANSWER)
     assert got_tokens.wait(20.0), "no feedback tokens"
     t0 = time.monotonic()
     cancel = handle.cancel_goal_async()
@@ -222,23 +225,24 @@ def test_action_cancel_returns_the_partial_answer(ros_client, cameras):
 
 
 def test_questions_queue_with_a_bound_and_time_out(ros_client, cameras):
-    """max_queued_questions=2: one answering + two waiting; the fourth is refused at once;
-    a waiting question whose timeout passes is answered with a timeout error."""
+    """max_queued_questions=2: one answering + two waiting; the next is refused at once;
+    a waiting question whose timeout passes gets a timeout error without waiting its turn."""
     from livevlm_interfaces.srv import Ask
 
     client = ros_client.client(Ask, "/livevlm/ask")
-    long = send_goal(ros_client, question="Describe everything.", stream="rear", max_new_tokens=2000)
-    time.sleep(0.3)  # it is being answered
-    waiting = [client.call_async(Ask.Request(question="q1", stream="rear", max_new_tokens=2, timeout_s=1.0)),
-               client.call_async(Ask.Request(question="q2", stream="rear", max_new_tokens=2, timeout_s=20.0))]
-    time.sleep(0.3)
+    answering = threading.Event()
+    long = send_goal(ros_client, feedback=lambda _m: answering.set(), question="Describe everything.",
+                     stream="rear", max_new_tokens=LONG_ANSWER)
+    assert answering.wait(20.0)  # the long answer is being generated: the worker is busy
     t0 = time.monotonic()
+    waiting = [client.call_async(Ask.Request(question="q1", stream="rear", max_new_tokens=2, timeout_s=0.05)),
+               client.call_async(Ask.Request(question="q2", stream="rear", max_new_tokens=2, timeout_s=20.0))]
     refused = ask(ros_client, question="q3", stream="rear", max_new_tokens=2)
     assert not refused.success and "max_queued_questions=2" in refused.error
     assert time.monotonic() - t0 < 2.0
     wait_until(waiting[0].done, 5.0, "the queued question's timeout")
     timed_out = waiting[0].result()
-    assert not timed_out.success and "timed out after 1 s waiting in the queue" in timed_out.error
+    assert not timed_out.success and "timed out after 0.05 s waiting in the queue" in timed_out.error
     long.cancel_goal_async()
     wait_until(waiting[1].done, 20.0, "the second queued question")
     assert waiting[1].result().success
@@ -440,6 +444,60 @@ def test_lifecycle_deactivate_and_activate(ros_client, node, cameras):
         wait_until(lambda: ask(ros_client, max_new_tokens=2).success, 20.0, "answers after re-activation")
     finally:
         front.stop()
+
+
+def run_ask_cli(*args, timeout=60.0):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "livevlm_ros.tools.ask", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ask_cli_json_by_action_and_by_service(cameras):
+    import json
+
+    front, rear = cameras
+    rear.start()
+    try:
+        for extra in ([], ["--service"]):
+            out = run_ask_cli("What is in view?", "--stream", "rear", "--max-new-tokens", "6", "--json", *extra)
+            assert out.returncode == 0, out.stderr
+            d = json.loads(out.stdout)
+            assert d["success"] and isinstance(d["answer"], str) and d["frames_seen"] > 0
+            assert d["round_trip_s"] >= d["total_latency_s"] > 0
+            assert d["span_start"] <= d["span_end"]
+            assert (d["tokens_streamed"] > 0) == (not extra)
+        out = run_ask_cli("q", "--stream", "side", "--json")
+        assert out.returncode == 1 and "unknown stream" in json.loads(out.stdout)["error"]
+        out = run_ask_cli("q", "--node", "/nobody", "--wait", "1")
+        assert out.returncode == 2 and "is the livevlm node running" in out.stderr
+    finally:
+        rear.stop()
+
+
+def test_ask_cli_streams_tokens_and_ctrl_c_cancels(cameras):
+    import signal
+    import subprocess
+    import sys
+
+    front, rear = cameras
+    rear.start()
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "livevlm_ros.tools.ask", "Describe everything in detail.",
+                             "--stream", "rear", "--max-new-tokens", str(LONG_ANSWER)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.read(4)  # streamed tokens arrive before the answer is complete
+        assert first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        rear.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert b"cancelling" in err
+    assert b"first token" in out  # the stats of the partial answer
 
 
 def test_sigint_shuts_down_cleanly(node):

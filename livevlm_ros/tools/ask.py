@@ -171,8 +171,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"livevlm_ask: no {exc} after {args.wait:g} s: is the livevlm node running and active, "
                   "on this ROS_DOMAIN_ID, with this name (--node)?", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            return 130
         d = result_dict(result, round_trip, tokens, cancelled)
         if args.json:
             print(json.dumps(d))
@@ -185,6 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cancelled:
             return 130
         return 0 if d["success"] else 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a running goal
+        return 130
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
