@@ -21,6 +21,9 @@ trap 'rm -rf "$LOGDIR"' EXIT
 # No model hub is reachable from CI: fail fast instead of waiting on network timeouts.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 export PYTHONUNBUFFERED=1
+# The tests run the node as its own process next to pytest on 2 cores: with several torch
+# processes each spinning up an OpenMP pool, oversubscription made tiny-model runs ~40x slower.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 # Default to test/ unless a test path was given (arguments that name existing files/dirs).
 have_path=0
