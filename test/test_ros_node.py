@@ -193,10 +193,12 @@ def test_action_streams_feedback_per_token(ros_client, cameras):
                        stream="rear", max_new_tokens=12)
     res = get_result(handle)
     assert res.status == GoalStatus.STATUS_SUCCEEDED and res.result.success
-    wait_until(lambda: feedback and feedback[-1].partial_answer == res.result.answer, 5.0, "the last feedback")
+    if res.result.answer:
+        wait_until(lambda: feedback and feedback[-1].partial_answer == res.result.answer, 5.0, "the last feedback")
+    # one feedback per token (an answer that ends at once with EOS has none)
     assert [f.tokens_generated for f in feedback] == list(range(1, len(feedback) + 1))
     assert "".join(f.new_text for f in feedback) == res.result.answer
-    assert 1 <= len(feedback) <= 12
+    assert len(feedback) <= 12
 
 
 def test_action_cancel_returns_the_partial_answer(ros_client, cameras):
@@ -379,7 +381,7 @@ def test_bad_input_is_rejected_with_throttled_warnings_and_the_node_keeps_servin
     out = node.output()
     assert "frame rejected" in out
     # throttled: 13 bad raw frames in ~4 s give at most a couple of warnings for that stream
-    assert out.count("stream front (image): frame rejected") <= 3
+    assert out.count(f"stream front ({FRONT_TOPIC}): frame rejected") <= 3
     assert node.alive()
     r = ask(ros_client, max_new_tokens=4)
     assert r.success, r.error
@@ -467,7 +469,7 @@ def test_ask_cli_json_by_action_and_by_service(cameras):
             assert d["success"] and isinstance(d["answer"], str) and d["frames_seen"] > 0
             assert d["round_trip_s"] >= d["total_latency_s"] > 0
             assert d["span_start"] <= d["span_end"]
-            assert (d["tokens_streamed"] > 0) == (not extra)
+            assert d["tokens_streamed"] <= 6 and (not extra or d["tokens_streamed"] == 0)
         out = run_ask_cli("q", "--stream", "side", "--json")
         assert out.returncode == 1 and "unknown stream" in json.loads(out.stdout)["error"]
         out = run_ask_cli("q", "--node", "/nobody", "--wait", "1")

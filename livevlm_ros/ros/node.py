@@ -51,15 +51,15 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from livevlm_interfaces.action import Ask as AskAction
 from livevlm_interfaces.msg import MemoryStatus, StreamStatus
 from livevlm_interfaces.srv import Ask, Reset
 from livevlm_ros.io.image_codec import decode_image_msg
-from livevlm_ros.io.sources import stamp_to_seconds
 
-from .frame_sampler import FrameSampler, JumpPolicy, Verdict
+from .frame_sampler import FrameSampler, JumpPolicy, Verdict, cdr_header_stamp
 from .parameters import (
     DYNAMIC_PARAMETERS,
     NODE_NAME,
@@ -245,10 +245,12 @@ class LiveVLMNode(LifecycleNode):
                 "reachable from this machine (or already in the local cache, HF_HUB_OFFLINE=1), a local checkpoint "
                 "directory, or tiny-llava-onevision for a smoke test; without a GPU use device:=cpu dtype:=float32.")
             return TransitionCallbackReturn.FAILURE
+        for rt in streams.values():
+            rt.topic = self.resolve_topic_name(rt.settings.topic)
         load_s = (self._steady.now() - t0).nanoseconds * 1e-9
         self._settings, self._model, self._streams, self._model_error = settings, model, streams, ""
         log.info(f"model {model.name!r} loaded in {load_s:.1f} s on {model.device} ({model.dtype}); streams: "
-                 + ", ".join(f"{s.name} <- {self.resolve_topic_name(s.topic)} [{s.transport}]" for s in settings.streams))
+                 + ", ".join(f"{rt.name} <- {rt.topic} [{rt.settings.transport}]" for rt in streams.values()))
         if getattr(model, "is_tiny", False):
             log.warning(_random_weights_banner(model.name))
         self._create_interfaces(settings)
@@ -288,9 +290,11 @@ class LiveVLMNode(LifecycleNode):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=s.qos.depth,
                          reliability=_RELIABILITY[s.qos.reliability], durability=DurabilityPolicy.VOLATILE)
         events = SubscriptionEventCallbacks(incompatible_qos=partial(self._on_incompatible_qos, rt))
+        msg_type = CompressedImage if s.transport == "compressed" else Image
+        # raw=True: the callback gets the serialized bytes; only sampled frames are deserialized.
         return self.create_subscription(
-            CompressedImage if s.transport == "compressed" else Image, s.topic, partial(self._on_image, rt), qos,
-            callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=events)
+            msg_type, s.topic, partial(self._on_image, rt, msg_type), qos,
+            callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=events, raw=True)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
@@ -349,9 +353,21 @@ class LiveVLMNode(LifecycleNode):
             self.get_logger().debug(f"release: {exc!r}")
 
     # ================================================================== images
-    def _on_image(self, rt: StreamRuntime, msg) -> None:
-        """Image callback: sample by stamp, decode, hand the frame to the worker; never waits on it."""
-        offer = rt.offer(stamp_to_seconds(msg.header.stamp), partial(decode_image_msg, msg, self._settings.max_pixels))
+    def _decode(self, msg_type, data: bytes):
+        return decode_image_msg(deserialize_message(data, msg_type), self._settings.max_pixels)
+
+    def _on_image(self, rt: StreamRuntime, msg_type, data: bytes) -> None:
+        """Image callback (serialized message): sample by header stamp, then deserialize and decode
+        only a kept frame and hand it to the worker; never waits on the model."""
+        try:
+            stamp = cdr_header_stamp(data)
+        except ValueError as exc:
+            rt.received += 1
+            rt.rejected_input += 1
+            self.get_logger().warning(f"stream {rt.name} ({rt.topic}): unreadable message: {exc}",
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        offer = rt.offer(stamp, partial(self._decode, msg_type, data))
         if offer.verdict is Verdict.KEEP:
             if offer.new_epoch:
                 self.get_logger().info(f"stream {rt.name}: {offer.reason}")
@@ -360,13 +376,13 @@ class LiveVLMNode(LifecycleNode):
                 worker.notify()
         elif offer.verdict is Verdict.REJECT:
             self.get_logger().warning(
-                f"stream {rt.name} ({rt.settings.topic}): frame rejected: {offer.reason} "
+                f"stream {rt.name} ({rt.topic}): frame rejected: {offer.reason} "
                 f"[{rt.rejected} rejected so far; the node keeps running]",
                 throttle_duration_sec=WARN_THROTTLE_S)
 
     def _on_incompatible_qos(self, rt: StreamRuntime, event) -> None:
         self.get_logger().warning(
-            f"stream {rt.name}: a publisher on {rt.settings.topic} has incompatible QoS (policy "
+            f"stream {rt.name}: a publisher on {rt.topic} has incompatible QoS (policy "
             f"{event.last_policy_kind}); this subscription is {rt.settings.qos.reliability} depth {rt.settings.qos.depth}: "
             f"set streams.{rt.name}.qos.reliability (or qos.reliability) to match the publisher",
             throttle_duration_sec=WARN_THROTTLE_S)
@@ -468,7 +484,7 @@ class LiveVLMNode(LifecycleNode):
         for rt in self._streams.values():
             st = rt.stats
             msg.streams.append(StreamStatus(
-                name=rt.name, topic=self.resolve_topic_name(rt.settings.topic), transport=rt.settings.transport,
+                name=rt.name, topic=rt.topic, transport=rt.settings.transport,
                 frames_received=rt.received, frames_sampled=rt.sampled, frames_ingested=rt.ingested,
                 frames_dropped=rt.dropped, frames_rejected=rt.rejected,
                 memory_tokens=st.tokens if st else 0, budget_tokens=(st.budget or 0) if st else 0,
@@ -493,7 +509,7 @@ class LiveVLMNode(LifecycleNode):
             self._last_counts[rt.name] = counts
             age = self._frame_age(rt.newest_ingested_stamp)
             health = StreamHealth(
-                active=self._active, topic=self.resolve_topic_name(rt.settings.topic), frames_received=rt.received,
+                active=self._active, topic=rt.topic, frames_received=rt.received,
                 sampled_in_period=counts[0] - last[0], dropped_in_period=counts[1] - last[1],
                 newest_frame_age_s=None if age < 0 else age, ingest_rate_hz=rt.rate.rate_hz(),
                 sample_fps=s.sample_fps, stale_frame_warn_s=s.stale_frame_warn_s, drop_warn_ratio=s.drop_warn_ratio)

@@ -116,6 +116,7 @@ class StreamRuntime:
                  clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.name = settings.name
+        self.topic = settings.topic  # the node replaces it with the resolved (remapped) name
         self.engine = engine
         self.sampler = sampler
         self.slot: LatestFrameSlot[FrameItem] = LatestFrameSlot(queue_depth)
@@ -521,7 +522,7 @@ class InferenceWorker:
             job.fail(f"invalid question: {exc}", queue_wait_s=wait)
             return
         except EmptyMemoryError as exc:
-            job.fail(f"nothing to answer from on stream {rt.name} (topic {rt.settings.topic}): {exc}",
+            job.fail(f"nothing to answer from on stream {rt.name} (topic {rt.topic}): {exc}",
                      queue_wait_s=wait)
             return
         except Exception as exc:
