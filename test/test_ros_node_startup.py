@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ros_helpers import requires_ros, wait_until
+from ros_helpers import requires_ros, sensor_qos, wait_until
 
 pytestmark = requires_ros
 
@@ -48,7 +48,8 @@ def test_autostart_false_waits_for_a_lifecycle_manager(node_process, ros_client)
     from livevlm_interfaces.srv import Ask
 
     diagnostics = ros_client.subscribe(DiagnosticArray, "/diagnostics")
-    proc = node_process({**TINY, "autostart": False, "status_period_s": 0.2}, name="livevlm_managed")
+    proc = node_process({**TINY, "autostart": False, "status_period_s": 0.2, "qos.reliability": "reliable",
+                         "streams.camera.topic": "/managed/image"}, name="livevlm_managed")
     state = ros_client.call(GetState, "/livevlm_managed/get_state", GetState.Request(), timeout=90.0)
     assert state.current_state.label == "unconfigured"
 
@@ -74,6 +75,12 @@ def test_autostart_false_waits_for_a_lifecycle_manager(node_process, ros_client)
     n = len(diagnostics)
     wait_until(lambda: len(diagnostics) > n + 1, 5.0, "fresh diagnostics")
     assert model_status().level == DiagnosticStatus.WARN  # loaded (random weights)
+    # a best-effort camera cannot feed this reliable subscription: the node says what to change
+    from sensor_msgs.msg import Image
+
+    ros_client.node.create_publisher(Image, "/managed/image", sensor_qos(reliable=False))
+    wait_until(lambda: "incompatible QoS" in proc.output(), 10.0, "the incompatible-QoS warning")
+    assert "qos.reliability" in proc.output() and "RELIABILITY" in proc.output().upper()
     # cleanup frees the model, and the node can be configured again
     assert transition(Transition.TRANSITION_DEACTIVATE)
     assert transition(Transition.TRANSITION_CLEANUP)

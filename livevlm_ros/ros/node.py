@@ -50,7 +50,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -230,6 +230,15 @@ class LiveVLMNode(LifecycleNode):
         t0 = self._steady.now()
         try:
             model = self._model_loader(settings.model, settings.device, settings.dtype)
+        except Exception as exc:  # ModelLoadError, CUDA out of memory, a broken checkpoint...
+            self._model_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                f"configure failed: could not load model {settings.model!r} on {settings.device} "
+                f"({settings.dtype}): {exc}\n  What to do: set the parameter `model` to a Hugging Face hub id "
+                "reachable from this machine (or already in the local cache, HF_HUB_OFFLINE=1), a local checkpoint "
+                "directory, or tiny-llava-onevision for a smoke test; without a GPU use device:=cpu dtype:=float32.")
+            return TransitionCallbackReturn.FAILURE
+        try:
             streams = {
                 s.name: StreamRuntime(
                     s, self._stream_factory(model, settings.engine),
@@ -237,13 +246,9 @@ class LiveVLMNode(LifecycleNode):
                     settings.frame_queue_depth)
                 for s in settings.streams
             }
-        except Exception as exc:  # ModelLoadError, CUDA OOM, bad checkpoint...
+        except Exception as exc:  # e.g. a memory budget the model's context cannot hold
             self._model_error = f"{type(exc).__name__}: {exc}"
-            log.error(
-                f"configure failed: could not load model {settings.model!r} on {settings.device} "
-                f"({settings.dtype}): {exc}\n  What to do: set the parameter `model` to a Hugging Face hub id "
-                "reachable from this machine (or already in the local cache, HF_HUB_OFFLINE=1), a local checkpoint "
-                "directory, or tiny-llava-onevision for a smoke test; without a GPU use device:=cpu dtype:=float32.")
+            log.error(f"configure failed: model {settings.model!r} loaded, but its streams could not be created: {exc}")
             return TransitionCallbackReturn.FAILURE
         for rt in streams.values():
             rt.topic = self.resolve_topic_name(rt.settings.topic)
@@ -383,9 +388,9 @@ class LiveVLMNode(LifecycleNode):
     def _on_incompatible_qos(self, rt: StreamRuntime, event) -> None:
         self.get_logger().warning(
             f"stream {rt.name}: a publisher on {rt.topic} has incompatible QoS (policy "
-            f"{event.last_policy_kind}); this subscription is {rt.settings.qos.reliability} depth {rt.settings.qos.depth}: "
-            f"set streams.{rt.name}.qos.reliability (or qos.reliability) to match the publisher",
-            throttle_duration_sec=WARN_THROTTLE_S)
+            f"{qos_policy_name_from_kind(event.last_policy_kind)}); this subscription is "
+            f"{rt.settings.qos.reliability}: set streams.{rt.name}.qos.reliability (or qos.reliability) to "
+            "best_effort or best_available to receive its images", throttle_duration_sec=WARN_THROTTLE_S)
 
     # ================================================================== questions
     def _submit(self, job: Job) -> Optional[str]:
@@ -533,7 +538,6 @@ def main(args: Optional[List[str]] = None) -> int:
     """
     rclpy.init(args=args)
     node: Optional[LiveVLMNode] = None
-    status = 0
     try:
         try:
             node = LiveVLMNode()
@@ -561,7 +565,7 @@ def main(args: Optional[List[str]] = None) -> int:
             except Exception:
                 pass
         rclpy.try_shutdown()
-    return status
+    return 0
 
 
 if __name__ == "__main__":
