@@ -31,7 +31,7 @@ def test_defaults_are_valid_and_match_the_dataclass():
     assert settings == dataclasses.replace(NodeSettings(), streams=settings.streams)
     (camera,) = settings.streams
     assert (camera.name, camera.topic, camera.transport) == ("camera", "image", "raw")
-    assert camera.qos == QosSettings("best_effort", 1)  # REP-2003 sensor subscriber
+    assert camera.qos == QosSettings("best_effort", 5)  # REP-2003 sensor subscriber, sensor-data depth
 
 
 def test_every_engine_config_field_is_a_parameter_with_its_default():

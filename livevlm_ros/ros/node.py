@@ -367,8 +367,7 @@ class LiveVLMNode(LifecycleNode):
         try:
             stamp = cdr_header_stamp(data)
         except ValueError as exc:
-            rt.received += 1
-            rt.rejected_input += 1
+            rt.reject_unreadable()
             self.get_logger().warning(f"stream {rt.name} ({rt.topic}): unreadable message: {exc}",
                                       throttle_duration_sec=WARN_THROTTLE_S)
             return
@@ -487,16 +486,16 @@ class LiveVLMNode(LifecycleNode):
         msg.model = str(self._model.name)
         msg.model_is_random_weights = bool(getattr(self._model, "is_tiny", False))
         for rt in self._streams.values():
-            st = rt.stats
+            st, c = rt.stats, rt.counts()
             msg.streams.append(StreamStatus(
                 name=rt.name, topic=rt.topic, transport=rt.settings.transport,
-                frames_received=rt.received, frames_sampled=rt.sampled, frames_ingested=rt.ingested,
-                frames_dropped=rt.dropped, frames_rejected=rt.rejected,
+                frames_received=c.received, frames_sampled=c.sampled, frames_ingested=c.ingested,
+                frames_dropped=c.dropped, frames_rejected=c.rejected,
                 memory_tokens=st.tokens if st else 0, budget_tokens=(st.budget or 0) if st else 0,
                 oldest_stamp=_to_time(st.oldest_time if st else None),
                 newest_stamp=_to_time(st.newest_time if st else None),
                 ingest_rate_hz=rt.rate.rate_hz(), newest_frame_age_s=self._frame_age(rt.newest_ingested_stamp),
-                queue_depth=len(rt.slot)))
+                queue_depth=c.queue_depth))
         self._status_pub.publish(msg)
 
     def _publish_diagnostics(self) -> None:
@@ -509,18 +508,18 @@ class LiveVLMNode(LifecycleNode):
                                              KeyValue(key="device", value=str(getattr(model, "device", "")))])]
         s = self._settings
         for rt in self._streams.values():
-            counts = (rt.sampled, rt.dropped)
+            c = rt.counts()
             last = self._last_counts.get(rt.name, (0, 0))
-            self._last_counts[rt.name] = counts
+            self._last_counts[rt.name] = (c.sampled, c.dropped)
             age = self._frame_age(rt.newest_ingested_stamp)
             health = StreamHealth(
-                active=self._active, topic=rt.topic, frames_received=rt.received,
-                sampled_in_period=counts[0] - last[0], dropped_in_period=counts[1] - last[1],
+                active=self._active, topic=rt.topic, frames_received=c.received,
+                sampled_in_period=c.sampled - last[0], dropped_in_period=c.dropped - last[1],
                 newest_frame_age_s=None if age < 0 else age, ingest_rate_hz=rt.rate.rate_hz(),
                 sample_fps=s.sample_fps, stale_frame_warn_s=s.stale_frame_warn_s, drop_warn_ratio=s.drop_warn_ratio)
             level, text = stream_level(health)
-            values = {"frames_received": rt.received, "frames_sampled": rt.sampled, "frames_ingested": rt.ingested,
-                      "frames_dropped": rt.dropped, "frames_rejected": rt.rejected,
+            values = {"frames_received": c.received, "frames_sampled": c.sampled, "frames_ingested": c.ingested,
+                      "frames_dropped": c.dropped, "frames_rejected": c.rejected, "queue_depth": c.queue_depth,
                       "ingest_rate_hz": f"{health.ingest_rate_hz:.2f}", "newest_frame_age_s": f"{age:.3f}"}
             statuses.append(DiagnosticStatus(
                 level=bytes([level]), name=f"{hw}: stream {rt.name}", message=text, hardware_id=hw,

@@ -126,11 +126,14 @@ class QosSettings:
     Attributes:
         reliability: ``best_effort`` (REP-2003 sensor subscriber; matches reliable and
             best-effort publishers), ``reliable`` or ``best_available`` (matches the publisher).
-        depth: history depth of the subscription (messages).
+        depth: history depth of the subscription (messages). 5 as ``qos_profile_sensor_data``:
+            the callback drains it at once (a skipped frame costs reading its stamp), so it adds no
+            staleness; with depth 1 a multi-threaded executor loses frames before they are sampled.
+            Freshness comes from the latest-wins slot after sampling (``frame_queue_depth``).
     """
 
     reliability: str = "best_effort"
-    depth: int = 1
+    depth: int = 5
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ def base_parameter_specs() -> List[ParamSpec]:
                   "best_available matches the publisher); a stream's own value overrides it",
                   choices=RELIABILITIES),
         ParamSpec("qos.depth", _INTEGER, QosSettings().depth,
-                  "History depth (messages) of the image subscriptions; a stream's own value overrides it",
+                  "History depth (messages) of the image subscriptions (drained at once; freshness comes from "
+                  "frame_queue_depth); a stream's own value overrides it",
                   minimum=1, maximum=100),
         ParamSpec("streams", _STRING_ARRAY, ["camera"],
                   "Names of the camera streams; the first is the default for questions. Each has "

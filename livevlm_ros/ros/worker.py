@@ -49,6 +49,7 @@ from .status import RateMeter
 __all__ = [
     "FrameItem",
     "Offer",
+    "StreamCounts",
     "StreamRuntime",
     "Answer",
     "Job",
@@ -96,13 +97,36 @@ class Offer:
     new_epoch: bool = False
 
 
+@dataclass(frozen=True)
+class StreamCounts:
+    """A consistent snapshot of one stream's frame counters (taken under the stream's lock).
+
+    Attributes:
+        received: messages that arrived.
+        sampled: frames kept by the stamp sampler and decoded (handed towards the engine).
+        ingested: frames the engine took into memory.
+        dropped: sampled frames overwritten in the latest-wins slot (or cleared by a reset).
+        rejected: bad stamps or images, and frames the engine refused.
+        queue_depth: sampled frames not yet ingested: waiting, or being ingested right now.
+
+    Invariant: ``sampled == ingested + dropped + queue_depth + rejected_by_engine``, where the
+    last term (frames the engine refused after decoding) is 0 unless the engine reports errors.
+    """
+
+    received: int
+    sampled: int
+    ingested: int
+    dropped: int
+    rejected: int
+    queue_depth: int
+
+
 class StreamRuntime:
     """Everything the node keeps for one camera stream.
 
-    The engine stream is touched only by the worker. Counters are written by one thread each:
-    ``received``, ``sampled``, ``rejected_input`` by the stream's image callback (a mutually
-    exclusive callback group), ``ingested``, ``rejected_ingest`` by the worker; ``dropped``
-    lives in the slot. Invariant: ``sampled == ingested + rejected_ingest + dropped + pending``.
+    The engine stream is touched only by the worker. Counters change under :attr:`lock`, which
+    every holder keeps for O(1) work only (never while decoding or calling the engine), so
+    :meth:`counts` is a consistent snapshot and nobody waits on the model.
 
     Args:
         settings: the stream's name, topic, transport, QoS.
@@ -120,16 +144,16 @@ class StreamRuntime:
         self.engine = engine
         self.sampler = sampler
         self.slot: LatestFrameSlot[FrameItem] = LatestFrameSlot(queue_depth)
-        self.lock = threading.Lock()  # sampler + slot.put (callback) vs reset (worker)
+        self.lock = threading.Lock()
         self.clock = clock
         self.received = 0
         self.sampled = 0
         self.rejected_input = 0
         self.ingested = 0
         self.rejected_ingest = 0
+        self.in_flight = 0  # taken from the slot by the worker, not yet counted as ingested/rejected
         self.engine_epoch = sampler.epoch
         self.newest_ingested_stamp: Optional[float] = None
-        self.newest_received_stamp: Optional[float] = None
         self.stats: Optional[MemoryStats] = None
         self.rate = RateMeter(clock=clock)
 
@@ -141,34 +165,79 @@ class StreamRuntime:
     def rejected(self) -> int:
         return self.rejected_input + self.rejected_ingest
 
+    def counts(self) -> StreamCounts:
+        with self.lock:
+            return StreamCounts(self.received, self.sampled, self.ingested, self.slot.dropped, self.rejected,
+                                len(self.slot) + self.in_flight)
+
     # ---------------------------------------------------------------- callback side
     def offer(self, stamp_s: float, decode: Callable[[], np.ndarray]) -> Offer:
         """Sample a message stamped ``stamp_s``; if kept, ``decode()`` it and queue it.
 
         Called from the stream's image callback; never waits on the engine. ``decode`` raises
-        ``ImageDecodeError`` (or ``ValueError``) for a bad image, which rejects the frame.
+        ``ImageDecodeError`` (or ``ValueError``) for a bad image, which rejects the frame and
+        leaves the sampler as it was (the next good frame is not delayed).
         """
-        self.received += 1
-        self.newest_received_stamp = stamp_s
         with self.lock:
+            self.received += 1
             decision = self.sampler.evaluate(stamp_s)
-            if decision.verdict is Verdict.SKIP:
-                return Offer(Verdict.SKIP)
             if decision.verdict is Verdict.REJECT:
                 self.rejected_input += 1
-                return Offer(Verdict.REJECT, decision.reason)
-            try:
-                frame = decode()
-            except (ImageDecodeError, ValueError) as exc:
+        if decision.verdict is Verdict.SKIP:
+            return Offer(Verdict.SKIP)
+        if decision.verdict is Verdict.REJECT:
+            return Offer(Verdict.REJECT, decision.reason)
+        try:
+            frame = decode()  # the CPU work, outside the lock
+        except (ImageDecodeError, ValueError) as exc:
+            with self.lock:
                 self.rejected_input += 1
-                return Offer(Verdict.REJECT, str(exc))
+            return Offer(Verdict.REJECT, str(exc))
+        with self.lock:
+            # Evaluated again: a reset may have restarted the sampler while this frame was decoded.
+            decision = self.sampler.evaluate(stamp_s)
+            if not decision.keep:
+                return Offer(decision.verdict, decision.reason)
             self.sampler.commit(decision)
             self.sampled += 1
             evicted = self.slot.put(FrameItem(frame, stamp_s, decision.epoch, self.clock()))
         return Offer(Verdict.KEEP, decision.reason, dropped=evicted is not None,
                      new_epoch=decision.starts_new_epoch)
 
+    def reject_unreadable(self) -> None:
+        """Count a message whose header could not even be read."""
+        with self.lock:
+            self.received += 1
+            self.rejected_input += 1
+
     # ---------------------------------------------------------------- worker side
+    def take(self, every: bool = False) -> List[FrameItem]:
+        """The oldest pending frame (or every one), counted in flight until :meth:`done`."""
+        with self.lock:
+            items = self.slot.take_all() if every else [item for item in (self.slot.take(),) if item is not None]
+            self.in_flight += len(items)
+            return items
+
+    def done(self, item: FrameItem, ingested: bool) -> None:
+        """Count a taken frame as ingested (or refused by the engine)."""
+        with self.lock:
+            self.in_flight -= 1
+            if ingested:
+                self.ingested += 1
+                self.newest_ingested_stamp = item.stamp_s
+            else:
+                self.rejected_ingest += 1
+        if ingested:
+            self.rate.tick()
+
+    def restart(self) -> None:
+        """Forget pending frames and restart the sampler (a new epoch), before an engine reset."""
+        with self.lock:
+            self.sampler.reset()
+            self.slot.clear()
+            self.engine_epoch = self.sampler.epoch
+            self.newest_ingested_stamp = None
+
     def refresh_stats(self) -> None:
         self.stats = self.engine.stats()
 
@@ -430,8 +499,7 @@ class InferenceWorker:
         worked = False
         for k in range(len(names)):
             rt = self.streams[names[(self._rr + k) % len(names)]]
-            item = rt.slot.take()
-            if item is not None:
+            for item in rt.take():
                 self._ingest(rt, item)
                 worked = True
         self._rr = (self._rr + 1) % max(1, len(names))
@@ -441,22 +509,19 @@ class InferenceWorker:
         if item.epoch != rt.engine_epoch:
             rt.engine.reset()
             rt.engine_epoch = item.epoch
-            rt.newest_ingested_stamp = None
             self._log.info(f"stream {rt.name}: header stamps jumped back to {item.stamp_s:.3f} s: memory cleared "
                            "(timestamp_jump_policy reset)")
+        ok = False
         try:
             rt.engine.ingest(item.frame, item.stamp_s)
+            ok = True
         except (InvalidFrameError, TimestampError) as exc:
-            rt.rejected_ingest += 1
             self._log.warning(f"stream {rt.name}: frame stamped {item.stamp_s:.3f} s refused by the engine: {exc}",
                               throttle_duration_sec=self.WARN_THROTTLE_S)
         except Exception as exc:  # e.g. CUDA out of memory while prefilling a clip
-            rt.rejected_ingest += 1
             self._log.error(f"stream {rt.name}: ingest failed: {exc!r}", throttle_duration_sec=self.WARN_THROTTLE_S)
-        else:
-            rt.ingested += 1
-            rt.newest_ingested_stamp = item.stamp_s
-            rt.rate.tick()
+        finally:
+            rt.done(item, ok)
         rt.refresh_stats()
 
     def _serve(self, job: Job) -> None:
@@ -473,12 +538,8 @@ class InferenceWorker:
         names = list(self.streams) if job.stream is None else [job.stream]
         for name in names:
             rt = self.streams[name]
-            with rt.lock:
-                rt.sampler.reset()
-                rt.slot.clear()
-                rt.engine_epoch = rt.sampler.epoch
+            rt.restart()
             rt.engine.reset()
-            rt.newest_ingested_stamp = None
             rt.refresh_stats()
         job.finish("")
 
@@ -498,7 +559,7 @@ class InferenceWorker:
             return
         q = job.question
         rt = self.streams[q.stream]
-        for item in rt.slot.take_all():  # frames received before the question are part of it
+        for item in rt.take(every=True):  # frames received before the question are part of it
             self._ingest(rt, item)
         since, until = resolve_window(q, rt.newest_ingested_stamp)
 
