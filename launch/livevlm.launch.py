@@ -52,7 +52,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image", default_value="image",
                               description="sensor_msgs/Image topic of the default stream (transport raw)"),
         DeclareLaunchArgument("compressed_image", default_value="compressed_image",
-                              description="sensor_msgs/CompressedImage topic of the default stream (transport compressed)"),
+                              description="sensor_msgs/CompressedImage topic of the default stream "
+                              "(transport compressed)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay, simulation)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error or fatal"),
         DeclareLaunchArgument("autostart", default_value="true",

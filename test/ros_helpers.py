@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import threading
@@ -102,20 +101,11 @@ class NodeProcess:
 
     def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 5.0) -> Optional[int]:
         """SIGINT, wait; then SIGTERM, wait; then SIGKILL. Returns the exit status."""
+        from livevlm_ros.tools.ros_cli import stop_process
+
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            for sig, timeout in ((signal.SIGINT, sigint_timeout), (signal.SIGTERM, sigterm_timeout)):
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            else:
-                self.proc.kill()
-                self.proc.wait()
-        self.returncode = self.proc.returncode
+        self.returncode = stop_process(self.proc, sigint_timeout, sigterm_timeout)
         self._log.close()
         return self.returncode
 
@@ -155,7 +145,7 @@ class RosClient:
         client = self.client(srv_type, name)
         assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
         future = client.call_async(request)
-        wait_until(future.done, timeout, f"a response from {name}")
+        wait_until(future.done, timeout, f"a response from {name}", poll=0.0005)
         return future.result()
 
     def subscribe(self, msg_type, topic: str, qos=10) -> List:

@@ -3,8 +3,6 @@ for invalid parameters; autostart false leaves it to a lifecycle manager."""
 
 import time
 
-import pytest
-
 from ros_helpers import requires_ros, sensor_qos, wait_until
 
 pytestmark = requires_ros

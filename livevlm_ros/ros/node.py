@@ -3,7 +3,7 @@
 Interfaces (relative to the node name, default ``/livevlm``):
 
 * subscribes ``streams.<name>.topic`` per stream (``sensor_msgs/Image`` or ``CompressedImage``),
-  QoS from parameters (default best-effort keep-last 1, REP-2003), while *active*;
+  QoS from parameters (default best-effort keep-last 5, REP-2003), while *active*;
 * service ``~/ask`` (``livevlm_interfaces/srv/Ask``), action ``~/ask_streaming``
   (``livevlm_interfaces/action/Ask``, one feedback per token, cancel returns the partial answer),
   service ``~/reset`` (``livevlm_interfaces/srv/Reset``), created on configure;
@@ -113,6 +113,10 @@ def _make_stream(model, config):
     from livevlm_ros.engine import LiveVLMStream
 
     return LiveVLMStream(model, config)
+
+
+def _sampler(settings: NodeSettings) -> FrameSampler:
+    return FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s)
 
 
 def _to_time(t: Optional[float]) -> Time:
@@ -240,10 +244,8 @@ class LiveVLMNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         try:
             streams = {
-                s.name: StreamRuntime(
-                    s, self._stream_factory(model, settings.engine),
-                    FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s),
-                    settings.frame_queue_depth)
+                s.name: StreamRuntime(s, self._stream_factory(model, settings.engine), _sampler(settings),
+                                      settings.frame_queue_depth)
                 for s in settings.streams
             }
         except Exception as exc:  # e.g. a memory budget the model's context cannot hold

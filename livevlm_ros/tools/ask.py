@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from livevlm_ros.io.sources import stamp_to_seconds
+from livevlm_ros.ros.questions import seconds_to_stamp
 from livevlm_ros.tools.ros_cli import init_rclpy, split_ros_args, tool_argv
 
 __all__ = ["build_parser", "main", "result_dict"]
@@ -61,13 +63,11 @@ def _fill_request(request, args) -> None:
             value = getattr(args, name)
             if value is not None:
                 stamp = getattr(request, name)
-                stamp.sec, frac = int(value), value - int(value)
-                stamp.nanosec = int(round(frac * 1e9)) % 1_000_000_000
+                stamp.sec, stamp.nanosec = seconds_to_stamp(value)
 
 
 def _seconds(stamp) -> Optional[float]:
-    t = stamp.sec + stamp.nanosec * 1e-9
-    return t or None
+    return stamp_to_seconds(stamp) or None
 
 
 def result_dict(result, round_trip_s: float, tokens: int, cancelled: bool = False) -> dict:
@@ -81,7 +81,8 @@ def result_dict(result, round_trip_s: float, tokens: int, cancelled: bool = Fals
 def _print_stats(d: dict) -> None:
     span = ""
     if d["span_start"] is not None and d["span_end"] is not None:
-        span = f", memory span {d['span_end'] - d['span_start']:.1f} s (stamps {d['span_start']:.2f}-{d['span_end']:.2f})"
+        span = (f", memory span {d['span_end'] - d['span_start']:.1f} s "
+                f"(stamps {d['span_start']:.2f}-{d['span_end']:.2f})")
     tokens = f", {d['tokens_streamed']} tokens streamed" if d["tokens_streamed"] else ""
     print(f"[first token {d['time_to_first_token_s'] * 1e3:.0f} ms, node latency {d['total_latency_s'] * 1e3:.0f} ms, "
           f"round trip {d['round_trip_s'] * 1e3:.0f} ms{tokens}; {d['frames_seen']} frames seen, "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import threading
@@ -39,7 +38,15 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from livevlm_ros.tools.ros_cli import compressed_image_msg, image_msg, init_rclpy, split_ros_args, tool_argv
+from livevlm_ros.ros.questions import seconds_to_stamp
+from livevlm_ros.tools.ros_cli import (
+    compressed_image_msg,
+    image_msg,
+    init_rclpy,
+    split_ros_args,
+    stop_process,
+    tool_argv,
+)
 
 __all__ = ["main", "schedule_questions", "Scheduled"]
 
@@ -72,7 +79,7 @@ def schedule_questions(questions: Optional[Sequence[str]], duration_s: float) ->
     if not questions:
         fractions = (0.45, 0.75, 1.0)
         return [Scheduled(round(f * duration_s, 2), q, 5.0 if "last 5 seconds" in q else 0.0)
-                for f, q in zip(fractions, DEFAULT_QUESTIONS)]
+                for f, q in zip(fractions, DEFAULT_QUESTIONS, strict=True)]
     plain = [q for q in questions if not _timed(q)]
     out = [Scheduled(*_timed(q)) for q in questions if _timed(q)]
     for k, q in enumerate(plain):
@@ -145,21 +152,6 @@ def _forward(stream, prefix: str) -> None:
     for line in iter(stream.readline, b""):
         sys.stdout.write(prefix + line.decode(errors="replace"))
         sys.stdout.flush()
-
-
-def _stop_process(proc: subprocess.Popen, sigint_wait: float = 10.0, sigterm_wait: float = 5.0) -> int:
-    """SIGINT, wait; SIGTERM, wait; SIGKILL. Returns the exit status."""
-    for sig, wait in ((signal.SIGINT, sigint_wait), (signal.SIGTERM, sigterm_wait)):
-        if proc.poll() is not None:
-            break
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.kill()
-    return proc.wait()
 
 
 def _fastdds_profile() -> Optional[str]:
@@ -292,8 +284,9 @@ class Demo:
             print(f"    answer: {r.answer}")
         if not r.success:
             print(f"    error: {r.error}")
-        print(f"    latency: first token {r.time_to_first_token_s * 1e3:.0f} ms, answer {r.total_latency_s * 1e3:.0f} ms "
-              f"(round trip {rtt * 1e3:.0f} ms); {r.frames_seen} frames seen, {r.memory_tokens} memory tokens")
+        print(f"    latency: first token {r.time_to_first_token_s * 1e3:.0f} ms, answer "
+              f"{r.total_latency_s * 1e3:.0f} ms (round trip {rtt * 1e3:.0f} ms); {r.frames_seen} frames seen, "
+              f"{r.memory_tokens} memory tokens")
         return bool(r.success)
 
     def print_status(self) -> None:
@@ -335,8 +328,8 @@ def _bag_image_topics(bag: str) -> dict:
 def _stamp(t: float):
     from builtin_interfaces.msg import Time
 
-    sec = int(t)
-    return Time(sec=sec, nanosec=min(999_999_999, int(round((t - sec) * 1e9))))
+    sec, nanosec = seconds_to_stamp(t)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def _wait(future, timeout: float) -> bool:
@@ -430,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         demo.close()
         rclpy.try_shutdown()
-        rc = _stop_process(proc)
+        rc = stop_process(proc)
         print(f"[demo] node stopped (exit status {rc}); total {time.monotonic() - t_start:.1f} s", flush=True)
     return 0 if answered == len(schedule) else 1
 

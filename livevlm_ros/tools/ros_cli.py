@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["split_ros_args", "init_rclpy", "tool_argv", "image_msg", "jpeg_bytes", "compressed_image_msg"]
+__all__ = [
+    "split_ros_args",
+    "init_rclpy",
+    "tool_argv",
+    "image_msg",
+    "jpeg_bytes",
+    "compressed_image_msg",
+    "stop_process",
+]
 
 
 def split_ros_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -82,3 +92,21 @@ def compressed_image_msg(rgb, stamp, quality: int = 85, frame_id: str = "camera"
     msg.format = "jpeg"
     msg.data = jpeg_bytes(rgb, quality) if data is None else data
     return msg
+
+
+def stop_process(proc: subprocess.Popen, sigint_wait: float = 10.0, sigterm_wait: float = 5.0) -> int:
+    """Stop a ROS node process the way ``ros2 launch`` does: SIGINT, wait; SIGTERM, wait; SIGKILL.
+
+    (A node idle in ``spin`` occasionally misses the first SIGINT.) Returns the exit status.
+    """
+    for sig, wait in ((signal.SIGINT, sigint_wait), (signal.SIGTERM, sigterm_wait)):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
