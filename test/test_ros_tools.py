@@ -123,3 +123,14 @@ def test_demo_runs_end_to_end_quickly():
     assert "latency: first token" in text and "memory:" in text
     assert "node stopped (exit status 0)" in text
     assert elapsed < 60.0, elapsed
+
+
+@pytest.mark.parametrize("script", ["livevlm_replay", "livevlm_ask", "livevlm_demo"])
+def test_console_scripts_are_installed(script):
+    from pathlib import Path
+
+    path = Path(sys.executable).parent / script
+    if not path.exists():
+        pytest.skip(f"{script} not installed next to {sys.executable} (pip install -e . / scripts/setup.sh)")
+    out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"usage: {script}" in out.stdout
