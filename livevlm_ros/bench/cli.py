@@ -236,10 +236,20 @@ def main(argv=None) -> int:
 
         save_tokenizer(args.save_tokenizer)
         return 0
-    mode = _defaults(args)
-    threads = args.threads or mode.threads
+    threads_before = torch.get_num_threads()
+    threads = args.threads or _defaults(args).threads
     if threads:
         torch.set_num_threads(threads)
+    try:
+        run(args, argv)
+    finally:
+        torch.set_num_threads(threads_before)
+    return 0
+
+
+def run(args, argv=None) -> None:
+    """Sweeps, text proxy and outputs for parsed arguments."""
+    mode = _defaults(args)
     started = time.perf_counter()
     device = torch.device(args.device)
     meta = {"command": "livevlm_bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -253,7 +263,6 @@ def main(argv=None) -> int:
     write_outputs(args.out, rows, meta, fidelity)
     print(f"livevlm_bench: wrote {args.out}/results.json, results.md, meta.json and plots "
           f"({meta['wall_s']} s)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,21 +1,25 @@
 """Benchmark frames: the real car video, sampled at a fixed rate, looped to any length.
 
-The clip (``car-detection.mp4``, 30 s) is decoded once with PyAV at ``fps`` frames per second,
-each frame resized to ``size`` (so cheap models stay cheap), and kept in memory; longer
-streams loop over it with strictly increasing timestamps (loop ``k`` adds ``k x`` the clip
-length). Without the file (or PyAV) the frames are seeded noise, and :attr:`FrameSource.kind`
-says so.
+The clip (``car-detection.mp4``, 30 s) is read once with the project's
+:class:`livevlm_ros.io.sources.VideoSource` at ``fps`` frames per second, each frame resized to
+``size`` (so cheap models stay cheap), and kept in memory; longer streams loop over it with
+strictly increasing timestamps (loop ``k`` adds ``k x`` the clip length). Without the file (or
+PyAV) the frames are seeded noise, and :attr:`FrameSource.kind` says so.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+from PIL import Image
 
-#: The real recording shipped with the project's shared test data.
-DEFAULT_VIDEO = "/work/shared/data/videos/car-detection.mp4"
+#: The real recording of the project's shared test data (``$LIVEVLM_SHARED_DATA`` or
+#: ``../shared/data`` next to the repository, as in the tests).
+SHARED_DATA = Path(os.environ.get("LIVEVLM_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+DEFAULT_VIDEO = str(SHARED_DATA / "videos" / "car-detection.mp4")
 
 
 class FrameSource:
@@ -46,19 +50,12 @@ class FrameSource:
     def _decode(self, path: str) -> Optional[list]:
         """Frames of the video sampled at :attr:`fps`, resized; ``None`` when PyAV is missing."""
         try:
-            import av
+            from livevlm_ros.io.sources import VideoSource
+
+            video = VideoSource(path, fps=self.fps)
         except ImportError:
             return None
-        frames, next_time = [], 0.0
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                if frame.time is None or frame.time + 1e-6 < next_time:
-                    continue
-                frames.append(frame.to_ndarray(format="rgb24", width=self.size[0], height=self.size[1]))
-                next_time += 1.0 / self.fps
-        return frames
-
+        return [np.asarray(Image.fromarray(rgb).resize(self.size, Image.BILINEAR)) for _, rgb in video]
     @property
     def unique_frames(self) -> int:
         return len(self._frames)

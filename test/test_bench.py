@@ -1,0 +1,104 @@
+"""livevlm_bench: the quick run's output contract (reduced frame list), and the text-proxy generator."""
+
+import json
+import os
+
+import pytest
+
+from livevlm_ros.bench import cli, text_proxy
+from livevlm_ros.bench.policies import POLICY_NAMES, without_eos
+from livevlm_ros.engine import load_video_llm
+
+REQUIRED_KEYS = {"policy", "frames", "ttft_s", "answer_s", "ingest_ms_per_frame", "device_kv_bytes",
+                 "host_kv_bytes", "peak_rss_bytes", "oom"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``livevlm_bench --quick`` on 64 and 128 frames; full KV capped at 0.6 MB (tiny-LLaVA needs 0.53 MB at 64)."""
+    out = tmp_path_factory.mktemp("bench")
+    assert cli.main(["--quick", "--out", str(out), "--frames", "64", "128", "--full-kv-cap-bytes", "600000",
+                     "--no-progress"]) == 0
+    with open(out / "results.json") as handle:
+        return out, json.load(handle)
+
+
+def test_quick_run_writes_rows_for_every_policy_model_and_length(quick_run):
+    _, rows = quick_run
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        assert REQUIRED_KEYS <= set(row), REQUIRED_KEYS - set(row)
+    seen = {(r["model"], r["policy"], r["frames"]) for r in rows}
+    assert seen == {(m, p, n) for m in ("tiny-llava-onevision", "tiny-smolvlm") for p in POLICY_NAMES
+                    for n in (64, 128)}
+    measured = [r for r in rows if not r["oom"]]
+    assert all(r["ttft_s"] > 0 and r["answer_s"] >= r["ttft_s"] and r["ingest_ms_per_frame"] > 0 for r in measured)
+    assert all(r["answer_tokens"] == 16 for r in measured)  # EOS ignored: fixed-length answers
+
+
+def test_full_kv_is_reported_out_of_memory_past_the_cap(quick_run):
+    _, rows = quick_run
+    full = {r["frames"]: r for r in rows if r["model"] == "tiny-llava-onevision" and r["policy"] == "full"}
+    assert not full[64]["oom"] and full[64]["device_kv_bytes"] <= 600000
+    assert full[128]["oom"] and full[128]["ttft_s"] is None
+
+
+def test_bounded_policies_keep_device_memory_flat_and_rekv_offloads(quick_run):
+    _, rows = quick_run
+    by = {(r["model"], r["policy"], r["frames"]): r for r in rows}
+    for model in ("tiny-llava-onevision", "tiny-smolvlm"):
+        for policy in ("sliding", "rekv", "topk", "vsb", "vsb+par"):
+            assert by[model, policy, 64]["device_kv_bytes"] == by[model, policy, 128]["device_kv_bytes"]
+        assert by[model, "rekv", 128]["host_kv_bytes"] > by[model, "rekv", 64]["host_kv_bytes"] > 0
+
+
+def test_quick_run_writes_markdown_meta_and_plots(quick_run):
+    out, _ = quick_run
+    for name in ("results.md", "meta.json", "latency_vs_frames.png", "memory_vs_frames.png",
+                 "ingest_vs_frames.png"):
+        assert (out / name).stat().st_size > 0, name
+    text = (out / "results.md").read_text()
+    assert "OOM (cap)" in text and "Targets (VSB+PaR)" in text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["frames_source"] and set(meta["outcomes"]) == {"tiny-llava-onevision", "tiny-smolvlm"}
+
+
+def test_replot_rebuilds_outputs_from_json(quick_run):
+    out, _ = quick_run
+    os.remove(out / "memory_vs_frames.png")
+    assert cli.main(["--replot", str(out)]) == 0
+    assert (out / "memory_vs_frames.png").exists()
+
+
+def test_without_eos_leaves_the_model_untouched():
+    model = load_video_llm("tiny-llava-onevision")
+    clone = without_eos(model)
+    assert clone.eos_token_ids == frozenset() and model.eos_token_ids
+    assert clone.layers is model.layers
+
+
+def test_text_proxy_stream_is_deterministic_for_a_seed():
+    a, b = text_proxy.make_stream(7), text_proxy.make_stream(7)
+    assert a == b
+    assert text_proxy.make_stream(8) != a
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_text_proxy_answers_are_in_the_captions(seed):
+    stream = text_proxy.make_stream(seed, frames=48, needles=3)
+    assert len(stream.captions) == len(stream.times) == 48
+    assert list(stream.times) == sorted(stream.times)
+    assert len({q.object for q in stream.questions}) == 3
+    for question in stream.questions:
+        caption = stream.captions[question.frame]
+        assert question.object in caption and question.colour in caption and question.object in question.text
+        assert question.position == text_proxy.POSITIONS[min(2, 3 * question.frame // 48)]
+        others = [c for i, c in enumerate(stream.captions) if i != question.frame]
+        assert not any(question.colour in c.split() or question.colour + "." in c.split() for c in others)
+
+
+def test_text_proxy_scoring_takes_the_first_colour_word():
+    assert text_proxy.is_correct("Red.", "red")
+    assert text_proxy.is_correct("The van was red, not blue", "red")
+    assert not text_proxy.is_correct("The van was blue, not red", "red")
+    assert not text_proxy.is_correct("I do not know", "red")
