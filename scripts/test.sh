@@ -15,6 +15,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 unset ROS_LOCALHOST_ONLY ROS_STATIC_PEERS RMW_IMPLEMENTATION
 # 1..100: well inside the range whose DDS ports are valid on Linux
 export ROS_DOMAIN_ID="${LIVEVLM_TEST_DOMAIN_ID:-$(( ( $$ + RANDOM ) % 100 + 1 ))}"
+export LIVEVLM_TEST_DOMAIN_ID="$ROS_DOMAIN_ID"  # test/conftest.py uses it as is
 LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/livevlm_test_logs.XXXXXX")"
 export ROS_LOG_DIR="$LOGDIR/ros"
 trap 'rm -rf "$LOGDIR"' EXIT

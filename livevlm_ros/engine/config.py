@@ -8,6 +8,7 @@ Values are validated on construction, so a bad parameter fails where it is set.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -111,3 +112,23 @@ class EngineConfig:
     def replace(self, **changes) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def field_descriptions() -> dict[str, str]:
+    """``{field: description}`` of every EngineConfig field, from its docstring's "Attributes:" section.
+
+    Shared by the command-line options and the ROS parameter descriptors, so each parameter is
+    documented once, here.
+    """
+    docs: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in (EngineConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        match = re.match(r"^\s{8}(\w+)(?:\s*/\s*\w+)*:\s*(.*)$", line)
+        if match:
+            current = docs.setdefault(match.group(1), [match.group(2)])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return {
+        name: re.sub(r"``|:\w+:`([^`]*)`", r"\1", " ".join(words)).replace("`", "")
+        for name, words in docs.items()
+    }

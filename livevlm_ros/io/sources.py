@@ -237,7 +237,7 @@ def stamp_to_seconds(stamp) -> float:
     return float(sec) + float(stamp.nanosec) * 1e-9
 
 
-def _bag_path(path: Path) -> Path:
+def bag_path(path: Path) -> Path:
     """The path to hand to ``AnyReader``: a rosbag2 directory (with ``metadata.yaml``), or a
     single .mcap/.db3/.bag file (a directory without metadata holding one .mcap: that file)."""
     if path.is_file() and path.suffix in (".mcap", ".db3") and (path.parent / "metadata.yaml").is_file():
@@ -251,7 +251,7 @@ def _bag_path(path: Path) -> Path:
 
 
 @contextmanager
-def _open_reader(path: Path):
+def open_bag_reader(path: Path):
     """An open ``rosbags`` ``AnyReader`` for ``path``; open failures become :class:`SourceError`."""
     from rosbags.highlevel import AnyReader, AnyReaderError  # noqa: PLC0415 (heavy, only needed here)
     from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
@@ -289,9 +289,9 @@ class BagSource(FrameSource):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(fps)
-        self.path = _bag_path(Path(path))
+        self.path = bag_path(Path(path))
         self.max_pixels = max_pixels
-        with _open_reader(self.path) as reader:
+        with open_bag_reader(self.path) as reader:
             self.image_topics = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
             self.topic = self._pick_topic(topic, {c.topic: c.msgtype for c in reader.connections})
             self.msgtype = self.image_topics[self.topic]
@@ -321,7 +321,7 @@ class BagSource(FrameSource):
     def _lazy_frames(self) -> Iterator[LazyFrame]:
         from rosbags.highlevel import AnyReaderError  # noqa: PLC0415
 
-        with _open_reader(self.path) as reader:
+        with open_bag_reader(self.path) as reader:
             connections = [c for c in reader.connections if c.topic == self.topic]
             try:
                 for connection, bag_time_ns, raw in reader.messages(connections=connections):

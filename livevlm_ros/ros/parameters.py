@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from livevlm_ros.engine.config import MEMORY_POLICIES, RETRIEVAL_POLICIES, EngineConfig
+from livevlm_ros.engine.config import MEMORY_POLICIES, RETRIEVAL_POLICIES, EngineConfig, field_descriptions
 from livevlm_ros.engine.errors import ConfigError
 from livevlm_ros.io.image_codec import DEFAULT_MAX_PIXELS
 
@@ -267,20 +267,13 @@ def stream_parameter_specs(name: str) -> List[ParamSpec]:
     ]
 
 
-def _field_docs() -> Dict[str, str]:
-    # The docstring parser is shared with the livevlm_offline CLI (one implementation).
-    from livevlm_ros.tools.offline import _field_docs as offline_field_docs
-
-    return offline_field_docs()
-
-
 def engine_parameter_specs() -> List[ParamSpec]:
     """One parameter per ``EngineConfig`` field, generated from the dataclass.
 
     ``Optional[int]`` fields use 0 for ``None`` and ``Optional[str]`` fields the empty string.
     """
     hints = typing.get_type_hints(EngineConfig)
-    docs = _field_docs()
+    docs = field_descriptions()
     kinds = {int: _INTEGER, float: _DOUBLE, str: _STRING, bool: _BOOL}
     choices = {"memory": MEMORY_POLICIES, "retrieval": RETRIEVAL_POLICIES}
     specs = []

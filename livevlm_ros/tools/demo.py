@@ -316,9 +316,9 @@ class Demo:
 
 
 def _bag_image_topics(bag: str) -> dict:
-    from livevlm_ros.io.sources import IMAGE_MSGTYPES, SourceError, _bag_path, _open_reader
+    from livevlm_ros.io.sources import IMAGE_MSGTYPES, SourceError, bag_path, open_bag_reader
 
-    with _open_reader(_bag_path(Path(bag))) as reader:
+    with open_bag_reader(bag_path(Path(bag))) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
     if not topics:
         raise SourceError(f"{bag}: no sensor_msgs Image/CompressedImage topic")

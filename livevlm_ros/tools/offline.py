@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from livevlm_ros.engine import (
     TimestampError,
     load_video_llm,
 )
+from livevlm_ros.engine.config import field_descriptions
 from livevlm_ros.io.sources import FrameSource, SourceError, open_source
 
 DEFAULT_MODEL = "tiny-llava-onevision"
@@ -109,19 +109,6 @@ def parse_ask(text: str) -> Ask:
 # --------------------------------------------------------------------------------------------
 
 
-def _field_docs() -> Dict[str, str]:
-    """``{field: help}`` from the "Attributes:" section of EngineConfig's docstring."""
-    docs: Dict[str, List[str]] = {}
-    current: Optional[List[str]] = None
-    for line in (EngineConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
-        match = re.match(r"^\s{8}(\w+)(?:\s*/\s*\w+)*:\s*(.*)$", line)
-        if match:
-            current = docs.setdefault(match.group(1), [match.group(2)])
-        elif current is not None and line.strip():
-            current.append(line.strip())
-    return {name: re.sub(r"``|:\w+:`([^`]*)`", r"\1", " ".join(words)).replace("`", "") for name, words in docs.items()}
-
-
 def _scalar_type(annotation: Any) -> Optional[type]:
     """``int``/``float``/``str``/``bool`` for a field annotation (``Optional[X]`` -> X), else None."""
     if typing.get_origin(annotation) is typing.Union:
@@ -134,7 +121,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per EngineConfig field (``--clip-frames`` ...), defaulting to the dataclass."""
     group = parser.add_argument_group("engine configuration (EngineConfig fields)")
     hints = typing.get_type_hints(EngineConfig)
-    docs = _field_docs()
+    docs = field_descriptions()
     for field in dataclasses.fields(EngineConfig):
         kind = _scalar_type(hints[field.name])
         if kind is None:  # a structured field: not settable from the command line

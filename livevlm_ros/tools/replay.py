@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from livevlm_ros.io.sources import SourceError, _bag_path, _open_reader
+from livevlm_ros.io.sources import SourceError, bag_path, open_bag_reader
 from livevlm_ros.tools.ros_cli import init_rclpy, split_ros_args, tool_argv
 
 __all__ = ["BagPlayer", "ReplaySummary", "message_class", "main"]
@@ -97,9 +97,9 @@ class BagPlayer:
         if not rate > 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.node, self.rate, self.clock_hz, self.log = node, float(rate), clock_hz, log
-        self.path = _bag_path(Path(bag))
+        self.path = bag_path(Path(bag))
         remap = dict(remap or {})
-        with _open_reader(self.path) as reader:
+        with open_bag_reader(self.path) as reader:
             available = {c.topic: c.msgtype for c in reader.connections}
             self.bag_s = reader.duration / 1e9
         wanted = list(topics) if topics else list(available)
@@ -165,7 +165,7 @@ class BagPlayer:
         summary = ReplaySummary(bag_s=self.bag_s)
         start = time.monotonic()
         try:
-            with _open_reader(self.path) as reader:
+            with open_bag_reader(self.path) as reader:
                 connections = [c for c in reader.connections if c.topic in self.publishers]
                 convert = None if reader.is2 else reader.typestore.ros1_to_cdr
                 while not stop.is_set():
