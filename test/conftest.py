@@ -16,11 +16,8 @@ import shutil
 import tempfile
 
 import pytest
+from shared_data import SHARED_DATA
 
-#: The real recordings (README.md there): ../shared/data next to the repository, or LIVEVLM_SHARED_DATA.
-SHARED_DATA = Path(
-    os.environ.get("LIVEVLM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
 
 _TMP_LOG_DIR = None
 

@@ -2,11 +2,9 @@
 
 import array
 import io
-import os
 import struct
 import time
 import zlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,11 +18,8 @@ from livevlm_ros.io.image_codec import (
     decode_image_msg,
     decode_raw_image,
 )
+from shared_data import SHARED_DATA, ARUCO_BAG
 
-SHARED_DATA = Path(
-    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
-ARUCO_BAG = SHARED_DATA / "rosbag2" / "fiducials_aruco_images"
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,11 +25,8 @@ except ImportError as err:  # the engine is written in parallel; these tests nee
     ENGINE_MISSING = f"livevlm_ros.engine.load_video_llm does not exist yet ({err})"
 needs_engine = pytest.mark.skipif(ENGINE_MISSING is not None, reason=ENGINE_MISSING or "")
 
-SHARED_DATA = Path(
-    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
-VIDEO = SHARED_DATA / "videos" / "car-detection.mp4"
-CAR_BAG = SHARED_DATA / "rosbag2" / "car_detection_camera"
+from shared_data import CAR_BAG, SHARED_DATA, VIDEO  # noqa: E402
+
 needs_data = pytest.mark.skipif(
     not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)"
 )

@@ -1,8 +1,6 @@
 """livevlm_ros.io.sources: timestamp sampling, video/bag/folder sources on real recordings, errors."""
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +14,8 @@ from livevlm_ros.io.sources import (
     VideoSource,
     open_source,
 )
+from shared_data import SHARED_DATA, VIDEO, CAR_BAG, ARUCO_BAG
 
-SHARED_DATA = Path(
-    os.environ.get("LIVEVLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
-VIDEO = SHARED_DATA / "videos" / "car-detection.mp4"
-CAR_BAG = SHARED_DATA / "rosbag2" / "car_detection_camera"
-ARUCO_BAG = SHARED_DATA / "rosbag2" / "fiducials_aruco_images"
 RAW_TOPIC = "/camera/image_raw"
 JPEG_TOPIC = "/camera/image_raw/compressed"
 BAG_T0 = 1_700_000_000.0
