@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"OOM (default: {QUICK.full_kv_cap_bytes} quick, {FULL.full_kv_cap_bytes} otherwise)")
     p.add_argument("--time-budget-s", type=float, help="wall seconds per model sweep; stops gracefully")
     p.add_argument("--budget-tokens", type=int, help="memory budget M in tokens (sliding/ReKV: device window)")
+    p.add_argument("--budget-frames", type=float, help="memory budget as frames of each model (overrides "
+                   "--budget-tokens; e.g. 61 = the paper's 12,000 tokens for LLaVA-OV)")
     p.add_argument("--clip-frames", type=int, default=8, help="frames prefilled together (default 8)")
     p.add_argument("--rekv-frames", type=int, help="frames ReKV retrieves per layer")
     p.add_argument("--frame-size", nargs=2, type=int, metavar=("W", "H"), help="decoded frame size in pixels")
@@ -142,7 +144,7 @@ def run_sweeps(args, out_dir: str, meta: dict) -> list:
                         rekv_frames=args.rekv_frames or mode.rekv_frames)
     cap = args.full_kv_cap_bytes if args.full_kv_cap_bytes is not None else mode.full_kv_cap_bytes
     frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or mode.frame_size))
-    settings = SweepSettings(sorted(set(args.frames)), args.policies, base, cap, args.time_budget_s)
+    checkpoints = sorted(set(args.frames))
     meta.update(frames_source=frames.describe(), question=QUESTION, answer_tokens=ANSWER_TOKENS,
                 full_kv_cap_bytes=cap, engine_config=_config_text(base), dtype=dtype, outcomes={}, models={},
                 targets={})
@@ -152,7 +154,12 @@ def run_sweeps(args, out_dir: str, meta: dict) -> list:
         model = load_model(name, args.device, dtype)
         meta["models"][name] = {"describe": model.describe(), "lm_weights": getattr(model, "lm_weights", "?"),
                                 "load_s": time.perf_counter() - started}
-        bar = _progress(not args.no_progress, len(args.policies) * max(settings.checkpoints), name)
+        tokens_per_frame = frame_tokens(model, frames)
+        config = base if not args.budget_frames else base.replace(
+            budget_tokens=max(1, round(args.budget_frames * tokens_per_frame)))
+        meta["models"][name].update(tokens_per_frame=tokens_per_frame, budget_tokens=config.budget_tokens)
+        settings = SweepSettings(checkpoints, args.policies, config, cap, args.time_budget_s)
+        bar = _progress(not args.no_progress, len(args.policies) * max(checkpoints), name)
         model_rows, outcomes = run_sweep(model, frames, settings, name, progress=bar.update if bar else None)
         if bar:
             bar.close()
@@ -164,6 +171,13 @@ def run_sweeps(args, out_dir: str, meta: dict) -> list:
         write_outputs(out_dir, rows, meta)
         del model
     return rows
+
+
+def frame_tokens(model, frames: FrameSource) -> int:
+    """Language-model tokens of one frame of ``model`` (vision tokens plus any per-frame text)."""
+    frame, _ = next(frames.stream(1))
+    with torch.inference_mode():
+        return int(model.encode_frames([frame], [0.0])[0].embeds.shape[0])
 
 
 def _config_text(config: EngineConfig) -> str:

@@ -178,7 +178,10 @@ def markdown(rows: list, meta: dict, fidelity: Optional[dict] = None) -> str:
     parts = ["# livevlm_bench results", "", _meta_lines(meta)]
     for model in models_of(rows):
         ratios, frames = ratio_table(rows, model)
-        parts += [f"## {model}", "", results_table(rows, model), "",
+        info = meta.get("models", {}).get(model, {})
+        about = "; ".join(f"{k}: {info[k]}" for k in ("describe", "lm_weights", "tokens_per_frame", "budget_tokens",
+                                                       "load_s", "sweep_s") if k in info)
+        parts += [f"## {model}", "", about, "", results_table(rows, model), "",
                   f"### Ratios at {frames or RATIO_FRAMES} frames", "", ratios, "",
                   "### Targets (VSB+PaR)", "", targets_table(evaluate_targets(rows, model)), ""]
         outcome_lines = [f"- {o['policy']}: reached {o['frames_reached']} frames, stopped: {o['stopped']}"

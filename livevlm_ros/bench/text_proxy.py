@@ -9,7 +9,9 @@ late in the stream. Captions and questions come from a seeded generator (:func:`
 
 * filler frames: ``"[MM:SS] The road is empty."`` and similar (no colours, no objects);
 * needle frames: ``"[MM:SS] A van arrives. Its colour is purple."`` (object and colour drawn
-  without repetition within a stream);
+  without repetition within a stream); by default ONE needle per stream, placed in the early,
+  middle or late third in turn (SmolLM2-135M answers with the *latest* colour when a stream
+  holds several, so more needles would measure its recency bias, not the memory);
 * one question per needle: ``"What color was the van? Answer with one word."``
 
 Scores (per policy and budget):
@@ -75,19 +77,20 @@ def timestamp_text(seconds: float) -> str:
     return f"[{int(seconds // 60):02d}:{int(seconds % 60):02d}]"
 
 
-def make_stream(seed: int, frames: int = 64, needles: int = 2) -> ProxyStream:
-    """A seeded caption stream with ``needles`` coloured objects, one question per needle.
+def make_stream(seed: int, frames: int = 64, needles: int = 1) -> ProxyStream:
+    """A seeded caption stream with ``needles`` (1-3) coloured objects, one question per needle.
 
-    Needles are spread over the stream: needle ``k`` falls in the ``k``-th of ``needles`` equal
-    segments (after the first two frames), so across seeds early, middle and late all occur.
+    Needle ``k`` falls in third ``(seed + k) % 3`` of the stream (early / middle / late), at a
+    uniformly drawn frame of it, so consecutive seeds rotate through the three positions.
     """
-    if needles > min(len(OBJECTS), len(COLOURS)) or frames < 2 * needles + 2:
-        raise ValueError(f"cannot place {needles} needles in {frames} frames")
+    if not 1 <= needles <= len(POSITIONS) or frames < 3 * len(POSITIONS):
+        raise ValueError(f"need 1-3 needles and >= 9 frames, got {needles} needles in {frames} frames")
     rng = random.Random(seed)
     objects = rng.sample(OBJECTS, needles)
     colours = rng.sample(COLOURS, needles)
-    span = (frames - 2) / needles
-    needle_frames = [2 + int(k * span) + rng.randrange(max(1, int(span))) for k in range(needles)]
+    bounds = [round(i * frames / 3) for i in range(4)]
+    thirds = [(seed + k) % 3 for k in range(needles)]
+    needle_frames = [rng.randrange(bounds[third], bounds[third + 1]) for third in thirds]
     captions, times, questions = [], [], []
     for index in range(frames):
         t = index * SECONDS_PER_FRAME
@@ -95,8 +98,8 @@ def make_stream(seed: int, frames: int = 64, needles: int = 2) -> ProxyStream:
         if index in needle_frames:
             k = needle_frames.index(index)
             captions.append(f"{timestamp_text(t)} {NEEDLE.format(object=objects[k], colour=colours[k])}")
-            third = POSITIONS[min(2, 3 * index // frames)]
-            questions.append(ProxyQuestion(QUESTION.format(object=objects[k]), objects[k], colours[k], index, third))
+            questions.append(ProxyQuestion(QUESTION.format(object=objects[k]), objects[k], colours[k], index,
+                                           POSITIONS[thirds[k]]))
         else:
             captions.append(f"{timestamp_text(t)} {rng.choice(FILLERS)}")
     return ProxyStream(seed, tuple(captions), tuple(times), tuple(questions))
@@ -186,9 +189,9 @@ def _ingest(model, config: EngineConfig, stream_def: ProxyStream) -> tuple[LiveV
 class FidelitySettings:
     """Text-proxy parameters: streams (seeds), their length, budgets (tokens) and policies."""
 
-    seeds: Sequence[int] = tuple(range(12))
+    seeds: Sequence[int] = tuple(range(36))
     frames: int = 64
-    needles: int = 2
+    needles: int = 1
     budgets: Sequence[int] = (128, 256)
     policies: Sequence[str] = ("sliding", "rekv", "topk", "vsb", "vsb+par", "vsb+par-pe")
     clip_frames: int = 4
