@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--budget-tokens; e.g. 61 = the paper's 12,000 tokens for LLaVA-OV)")
     p.add_argument("--clip-frames", type=int, default=8, help="frames prefilled together (default 8)")
     p.add_argument("--rekv-frames", type=int, help="frames ReKV retrieves per layer")
+    p.add_argument("--repeats", type=int, default=3, help="asks per checkpoint; times are the best (default 3)")
     p.add_argument("--frame-size", nargs=2, type=int, metavar=("W", "H"), help="decoded frame size in pixels")
     p.add_argument("--fps", type=float, default=2.0, help="video sampling rate (frames per second)")
     p.add_argument("--video", default=DEFAULT_VIDEO, help="video file (synthetic noise frames if missing)")
@@ -145,7 +146,7 @@ def run_sweeps(args, out_dir: str, meta: dict) -> list:
     cap = args.full_kv_cap_bytes if args.full_kv_cap_bytes is not None else mode.full_kv_cap_bytes
     frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or mode.frame_size))
     checkpoints = sorted(set(args.frames))
-    meta.update(frames_source=frames.describe(), question=QUESTION, answer_tokens=ANSWER_TOKENS,
+    meta.update(frames_source=frames.describe(), question=QUESTION, answer_tokens=ANSWER_TOKENS, asks=args.repeats,
                 full_kv_cap_bytes=cap, engine_config=_config_text(base), dtype=dtype, outcomes={}, models={},
                 targets={})
     rows = []
@@ -158,7 +159,7 @@ def run_sweeps(args, out_dir: str, meta: dict) -> list:
         config = base if not args.budget_frames else base.replace(
             budget_tokens=max(1, round(args.budget_frames * tokens_per_frame)))
         meta["models"][name].update(tokens_per_frame=tokens_per_frame, budget_tokens=config.budget_tokens)
-        settings = SweepSettings(checkpoints, args.policies, config, cap, args.time_budget_s)
+        settings = SweepSettings(checkpoints, args.policies, config, cap, args.time_budget_s, repeats=args.repeats)
         bar = _progress(not args.no_progress, len(args.policies) * max(checkpoints), name)
         model_rows, outcomes = run_sweep(model, frames, settings, name, progress=bar.update if bar else None)
         if bar:

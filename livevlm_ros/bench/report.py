@@ -197,7 +197,7 @@ def markdown(rows: list, meta: dict, fidelity: Optional[dict] = None) -> str:
 
 
 def _meta_lines(meta: dict) -> str:
-    keys = ("command", "machine", "device", "dtype", "frames_source", "question", "answer_tokens",
+    keys = ("command", "machine", "device", "dtype", "frames_source", "question", "answer_tokens", "asks",
             "full_kv_cap_bytes", "engine_config", "wall_s", "notes")
     return "\n".join(f"- **{k}**: {meta[k]}" for k in keys if k in meta)
 
@@ -248,6 +248,8 @@ def _panel(ax, rows: list, model: str, key: str, label: str, scale: float) -> No
             oom = [r["frames"] for r in mine if r["oom"]]
             if oom:
                 ax.axvline(oom[0], color=line.get_color(), linestyle=":", linewidth=1)
+                ax.annotate(f"{policy} OOM", (oom[0], 0.97), xycoords=("data", "axes fraction"), fontsize=7,
+                            rotation=90, va="top", ha="right", color=line.get_color())
     ax.set_xscale("log", base=2)
     if key not in ("host_kv_bytes",):
         ax.set_yscale("log")
