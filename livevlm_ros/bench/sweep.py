@@ -20,6 +20,7 @@ with ``"oom": true``. A time budget stops a model's sweep gracefully between che
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,17 @@ class _Deadline:
         return now + max(0.0, self.end - now) / (self.left + 1)
 
 
+def common_budget(model, base: EngineConfig, policies) -> EngineConfig:
+    """``base`` with one long-term budget for every policy: the smallest the engine resolves for them.
+
+    With ``budget_tokens=None`` the engine picks the paper's 12,000 tokens, lowered to what fits the
+    model's trained context (SmolLM2: 8,192 positions); ReKV reserves room for its retrieved frames,
+    so policies could differ by a few frames. A common value keeps the comparison fair.
+    """
+    budgets = [LiveVLMStream(model, policy_config(p, base)).budget for p in policies if p != "full"]
+    return base.replace(budget_tokens=min(budgets)) if budgets else base
+
+
 def warm_up(model, frames: FrameSource, config: EngineConfig) -> None:
     """One clip and a 2-token answer on a throwaway stream (kernel initialisation stays out of the numbers)."""
     stream = LiveVLMStream(without_eos(model), config.replace(memory="full", retrieval="none"))
@@ -107,6 +119,7 @@ def run_sweep(model, frames: FrameSource, settings: SweepSettings, model_name: s
         ``(rows, outcomes)``: result rows (dicts) and one :class:`PolicyOutcome` per policy.
     """
     device = model.device
+    settings = dataclasses.replace(settings, base_config=common_budget(model, settings.base_config, settings.policies))
     warm_up(model, frames, settings.base_config)
     deadline = _Deadline(settings.time_budget_s, len(settings.policies))
     outcomes = []

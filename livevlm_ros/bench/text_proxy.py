@@ -260,7 +260,7 @@ def fidelity_markdown(fidelity: dict) -> str:
         "",
         f"Real SmolLM2-135M-Instruct inside the SmolVLM-256M layout; each frame = one caption's tokens "
         f"(`ingest_embeddings`). {len(s['seeds'])} seeded streams x {s['frames']} frames "
-        f"(~{fidelity['stream_tokens_mean'] or 0:.0f} tokens), {s['needles']} needles each; clip {s['clip_frames']} "
+        f"(~{fidelity['stream_tokens_mean'] or 0:.0f} tokens), {s['needles']} needle(s) each; clip {s['clip_frames']} "
         f"frames; chance accuracy {fidelity['chance_accuracy']:.2f}. KL in nats vs full KV "
         f"(first answer token; and mean over the full-KV answer, teacher-forced).",
         "",
