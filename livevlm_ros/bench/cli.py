@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the text-proxy fidelity check (default: on; a tiny version with --quick)")
     fid.add_argument("--no-fidelity", dest="fidelity", action="store_false")
     p.add_argument("--fidelity-only", action="store_true", help="only the text-proxy fidelity check")
-    p.add_argument("--fidelity-seeds", type=int, help="caption streams (default 36, 3 with --quick)")
+    p.add_argument("--fidelity-seeds", type=int, help="caption streams (default 24, 3 with --quick)")
     p.add_argument("--fidelity-budgets", nargs="+", type=int, help="budgets in tokens (default 128 256)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")

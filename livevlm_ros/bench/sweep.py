@@ -201,6 +201,7 @@ class _PolicyRun:
             "pages_retrieved": result.pages_retrieved,
             "pages_total": result.pages_total,
             "max_position_id": stats.max_position_id,
+            "past_trained_context": stats.max_position_id >= stats.max_position_embeddings,
         }
         row.update(_shares(ingest_sections, self.ingest_s, answer_sections, results))
         self.last_s_per_frame = self.ingest_s / max(1, self.segment_frames)

@@ -189,7 +189,7 @@ def _ingest(model, config: EngineConfig, stream_def: ProxyStream) -> tuple[LiveV
 class FidelitySettings:
     """Text-proxy parameters: streams (seeds), their length, budgets (tokens) and policies."""
 
-    seeds: Sequence[int] = tuple(range(36))
+    seeds: Sequence[int] = tuple(range(24))
     frames: int = 64
     needles: int = 1
     budgets: Sequence[int] = (128, 256)
