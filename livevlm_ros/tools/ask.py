@@ -132,7 +132,7 @@ def _ask_action(node, executor, args) -> tuple:
     t0 = time.monotonic()
     cancelled = False
     goal_future = client.send_goal_async(goal, feedback_callback=on_feedback)
-    handle = None
+    handle = result_future = None
     try:
         _spin_until(executor, goal_future)
         handle = goal_future.result()
@@ -148,11 +148,19 @@ def _ask_action(node, executor, args) -> tuple:
         if not args.json:
             sys.stderr.write("\n[cancelling...]\n")
         _spin_until(executor, handle.cancel_goal_async(), time.monotonic() + 5.0)
-        result_future = handle.get_result_async()
-        _spin_until(executor, result_future, time.monotonic() + 10.0)
+        # A Ctrl-C that lands inside spin_once can swallow the result response: ask once more.
+        for retry in (False, True):
+            if result_future is None or retry:
+                result_future = handle.get_result_async()
+            if _spin_until(executor, result_future, time.monotonic() + 5.0):
+                break
     if not args.json:
         sys.stdout.write("\n")
-    return result_future.result().result, time.monotonic() - t0, tokens[0], cancelled
+    response = result_future.result() if result_future is not None else None
+    if response is None:  # only reachable after a cancel: report it instead of crashing
+        result = AskAction.Result(success=False, error="cancelled; the node sent no final result in time")
+        return result, time.monotonic() - t0, tokens[0], cancelled
+    return response.result, time.monotonic() - t0, tokens[0], cancelled
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
