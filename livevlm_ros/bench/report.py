@@ -230,7 +230,8 @@ def plot(rows: list, out_dir: str) -> list:
         for i, model in enumerate(models):
             for j, (key, label, scale) in enumerate(metrics):
                 _panel(axes[i][j], rows, model, key, label, scale)
-        axes[0][0].legend(fontsize=7)
+        for row in axes:
+            row[0].legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(out_dir, filename)
         fig.savefig(path, dpi=110)
@@ -244,7 +245,8 @@ def _panel(ax, rows: list, model: str, key: str, label: str, scale: float) -> No
         mine = [r for r in _ordered(rows, model) if r["policy"] == policy]
         points = [(r["frames"], r[key] / scale) for r in mine if not r["oom"] and r.get(key) is not None]
         if points:
-            line, = ax.plot(*zip(*points), marker="o", markersize=3, label=policy)
+            line, = ax.plot(*zip(*points), marker="o", markersize=3, label=policy,
+                            color=f"C{POLICY_NAMES.index(policy)}")  # one colour per policy in every plot
             oom = [r["frames"] for r in mine if r["oom"]]
             if oom:
                 ax.axvline(oom[0], color=line.get_color(), linestyle=":", linewidth=1)
