@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -259,6 +260,10 @@ def _run_policy(model, frames: FrameSource, settings: SweepSettings, policy: str
             except (MemoryError, torch.OutOfMemoryError):
                 outcome.stopped = "oom"
                 outcome.rows.extend(_oom_row(policy, n) for n in checkpoints if n >= target)
+                break
+            except Exception as exc:  # one failing policy must not lose the others' rows
+                outcome.stopped = f"error: {type(exc).__name__}: {exc}"
+                print(f"livevlm_bench: {policy} failed at {target} frames: {outcome.stopped}", file=sys.stderr)
                 break
             outcome.rows.append(row)
             outcome.frames_reached = previous = target
