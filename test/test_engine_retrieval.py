@@ -106,3 +106,12 @@ def test_rekv_time_window_applies_to_offloaded_frames():
     early = stream.ask("what was first?", max_new_tokens=1, until=4.0)
     assert early.span_start == 0.0 and early.span_end <= 4.0
     assert early.context_tokens == stream.stats().prefix_tokens + 3 * 16
+
+
+@pytest.mark.parametrize("n,page", [(37, 16), (32, 16), (5, 8), (1, 4)])
+def test_page_means_reshape_matches_grouped_means(n, page):
+    keys = torch.randn(2, n, 8, generator=torch.Generator().manual_seed(n))
+    page_ids, n_pages = retrieval.pages_of(n, page, keys.device)
+    assert torch.allclose(retrieval.page_means(keys, page), retrieval.group_means(keys, page_ids, n_pages), atol=1e-6)
+    chosen = torch.tensor([0, n_pages - 1]).unique()
+    assert torch.equal(retrieval.tokens_of_pages(chosen, page, n), retrieval.tokens_in_groups(page_ids, chosen))

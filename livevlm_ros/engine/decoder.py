@@ -123,9 +123,9 @@ def observation_scores(queries: torch.Tensor, keys: torch.Tensor, scale: float) 
     kv_heads, total, _ = keys.shape
     grouped = queries.float().reshape(kv_heads, (heads // kv_heads) * r, d)
     logits = torch.einsum("hqd,htd->hqt", grouped, keys.float()) * scale
-    row_in_window = torch.arange(r, device=queries.device).repeat(heads // kv_heads)
-    visible = torch.arange(total, device=queries.device)[None, :] <= (total - r + row_in_window)[:, None]
-    logits = logits.masked_fill(~visible[None], float("-inf"))
+    # only the last r keys can be in an observation token's future: mask that r x r block
+    future = torch.ones(r, r, dtype=torch.bool, device=queries.device).triu(diagonal=1)
+    logits[:, :, total - r:].masked_fill_(future.repeat(heads // kv_heads, 1)[None], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=(0, 1))
 
 

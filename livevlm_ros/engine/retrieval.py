@@ -28,6 +28,30 @@ def group_means(keys: torch.Tensor, group_ids: torch.Tensor, num_groups: int) ->
     return sums / counts[None, :, None]
 
 
+def page_means(keys: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Mean key of each page of ``page_size`` consecutive tokens (the last page may be shorter).
+
+    Args:
+        keys: ``[kv_heads, n, head_dim]``.
+    Returns:
+        ``[kv_heads, ceil(n / page_size), head_dim]`` float32; a reshape, no scatter.
+    """
+    heads, n, dim = keys.shape
+    pages = math.ceil(n / page_size)
+    padded = keys.new_zeros(heads, pages * page_size, dim)
+    padded[:, :n] = keys
+    sums = padded.view(heads, pages, page_size, dim).float().sum(dim=2)
+    counts = torch.full((pages,), float(page_size), device=keys.device)
+    counts[-1] = n - (pages - 1) * page_size
+    return sums / counts[None, :, None]
+
+
+def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int) -> torch.Tensor:
+    """Positions (ascending) of the tokens of ``pages`` (ascending page ids) of ``page_size`` tokens."""
+    index = (pages[:, None] * page_size + torch.arange(page_size, device=pages.device)).flatten()
+    return index[index < n_tokens]
+
+
 def pooled_query(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     """Mean of the question's queries over tokens and over the query heads of each KV group.
 

@@ -208,7 +208,9 @@ class LiveVLMStream:
         stamps = torch.repeat_interleave(torch.tensor(times, dtype=torch.float64), counts)
         embeds = torch.cat(frame_embeds)
         observe = self.config.observation_tokens or int(counts[-1])
-        needs_scores = self.config.memory in ("vsb", "topk")
+        # Scores are only needed when this clip can push the long-term memory over budget.
+        over_budget = self._memory.length + embeds.shape[0] - self._memory.prefix_len > self.budget
+        needs_scores = self.config.memory in ("vsb", "topk") and over_budget
         scores = self._prefill(embeds, frame_index, stamps, min(observe, embeds.shape[0]) if needs_scores else 0)
         self._frames_ingested += len(frames)
         self._compress(scores)
@@ -436,11 +438,11 @@ class LiveVLMStream:
         if cfg.retrieval == "par-pe":  # ablation: score with RoPE-rotated keys and queries
             keys = self._rotary.rotate_at(keys, long_term)  # at the positions they had in memory
             queries = self._rotary.rotate(queries, self._memory.length)
-        page_ids, n_pages = retrieval.pages_of(long_term.numel(), cfg.page_size, long_term.device)
-        means = retrieval.group_means(keys, page_ids, n_pages)
+        means = retrieval.page_means(keys, cfg.page_size)
         scores = retrieval.score_groups(retrieval.pooled_query(queries, self.model.num_kv_heads), means)
         chosen = retrieval.top_groups(scores, ratio=cfg.retrieval_ratio)
-        return long_term[retrieval.tokens_in_groups(page_ids, chosen)], chosen.numel(), n_pages
+        return long_term[retrieval.tokens_of_pages(chosen, cfg.page_size, long_term.numel())], chosen.numel(), \
+            means.shape[1]
 
     def _retrieve_host_frames(self, layer: int, queries: torch.Tensor, window: _TimeWindow):
         """ReKV-style: the best ``rekv_frames`` offloaded frames inside ``window`` (by mean key), moved to the device."""
