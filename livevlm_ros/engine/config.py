@@ -104,11 +104,6 @@ class EngineConfig:
         _check(1 <= self.max_new_tokens <= 4096, f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
         _check(self.max_question_chars >= 1, f"max_question_chars must be >= 1, got {self.max_question_chars}")
 
-    @property
-    def bounded(self) -> bool:
-        """Whether device memory stays bounded by the budget however long the stream."""
-        return self.memory != "full"
-
     def replace(self, **changes) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

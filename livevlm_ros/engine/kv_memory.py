@@ -167,7 +167,3 @@ class KVMemory:
         """Bytes of the keys and values held (not the preallocated spare capacity)."""
         per_token = 2 * self.num_layers * self.num_kv_heads * self.head_dim * self._keys.element_size()
         return per_token * self.length
-
-    def capacity_bytes(self) -> int:
-        """Bytes allocated for keys and values, spare capacity included."""
-        return 2 * self._keys.numel() * self._keys.element_size()

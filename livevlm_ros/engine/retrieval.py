@@ -77,11 +77,6 @@ def top_groups(scores: torch.Tensor, ratio: float = 0.0, count: int = 0) -> torc
     return scores.topk(k).indices.sort().values
 
 
-def pages_of(n_tokens: int, page_size: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """``([n_tokens] page id per token, number of pages)`` for pages of ``page_size`` consecutive tokens."""
-    return torch.arange(n_tokens, device=device) // page_size, math.ceil(n_tokens / page_size)
-
-
 def tokens_in_groups(group_ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Positions (ascending) of the tokens whose group is in ``chosen``."""
     return torch.isin(group_ids, chosen).nonzero().squeeze(1)

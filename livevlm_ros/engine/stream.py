@@ -221,8 +221,8 @@ class LiveVLMStream:
         result = list(items)
         if images:
             encoded = self.model.encode_frames([items[i] for i in images], [relative_times[i] for i in images])
-            for i, frame_tokens in zip(images, encoded):
-                result[i] = frame_tokens.embeds
+            for i, embeds in zip(images, encoded):
+                result[i] = embeds
         return result
 
     def _write_prefix(self) -> None:
@@ -380,10 +380,11 @@ class LiveVLMStream:
         self._check_answer_fits(embeds.shape[0], max_new)
         cache = AnswerCache(self.model.num_layers)
         stats = _AskStats()
+        lt_end = self._short_term_start()
         hidden = embeds
         for i, layer in enumerate(self.model.layers):
             inp = project(layer, hidden)
-            context = self._layer_context(i, inp.queries, window, None if visible is None else visible[i])
+            context = self._layer_context(i, inp.queries, window, None if visible is None else visible[i], lt_end)
             stats.add(context)
             n_context = context.keys.shape[1]
             cache.start_layer(i, self._rotary.rotate(context.keys, 0), context.values,
@@ -408,10 +409,13 @@ class LiveVLMStream:
             )
 
     def _layer_context(self, layer: int, queries: torch.Tensor, window: _TimeWindow,
-                       visible: Optional[torch.Tensor]) -> _Context:
-        """Prefix + retrieved long-term tokens + short-term tokens of one layer, in temporal order."""
+                       visible: Optional[torch.Tensor], lt_end: int) -> _Context:
+        """Prefix + retrieved long-term tokens + short-term tokens of one layer, in temporal order.
+
+        ``lt_end``: token index where short-term memory begins (the same for every layer).
+        """
         memory, cfg = self._memory, self.config
-        prefix, lt_end, total = memory.prefix_len, self._short_term_start(), memory.length
+        prefix, total = memory.prefix_len, memory.length
         device = memory.device
         long_term = torch.arange(prefix, lt_end, device=device)
         short_term = torch.arange(lt_end, total, device=device)
@@ -539,10 +543,6 @@ class LiveVLMStream:
     @property
     def pending_frames(self) -> int:
         return len(self._pending)
-
-    @property
-    def last_timestamp(self) -> Optional[float]:
-        return self._last_time
 
     def stats(self) -> MemoryStats:
         memory, cfg = self._memory, self.config

@@ -9,7 +9,6 @@ the decoder layers itself (see :mod:`livevlm_ros.engine.decoder`) so it can keep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,19 +19,6 @@ from ..errors import InvalidFrameError, ModelLoadError
 
 #: Split marker placed where the question goes when rendering a chat template.
 QUESTION_MARKER = "\u0000LIVEVLM_QUESTION\u0000"
-
-
-@dataclass
-class FrameTokens:
-    """Embeddings of one frame as the language model sees it.
-
-    Attributes:
-        embeds: ``[n_tokens, hidden]`` input embeddings (time text, if any, then vision tokens).
-        n_vision: how many of the tokens (at the end) are vision tokens.
-    """
-
-    embeds: torch.Tensor
-    n_vision: int
 
 
 def check_frame(frame: np.ndarray) -> None:
@@ -190,8 +176,9 @@ class VideoLLM:
         """Embeddings ``[q, hidden]`` of everything after the last frame, ending at the answer's start."""
         return self.embed_text(self.question_text(question, system_prompt))
 
-    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[FrameTokens]:
-        """Embeddings of each frame (time text + vision tokens), through the model's vision tower.
+    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[torch.Tensor]:
+        """Embeddings ``[n_tokens, hidden]`` of each frame (time text, if any, then vision tokens),
+        through the model's vision tower.
 
         Args:
             frames: RGB ``uint8`` arrays ``(H, W, 3)``, already validated.

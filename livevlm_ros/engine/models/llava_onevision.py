@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 
-from .base import QUESTION_MARKER, FrameTokens, VideoLLM, split_chat_prompt
+from .base import QUESTION_MARKER, VideoLLM, split_chat_prompt
 
 
 class LlavaOnevisionVideoLLM(VideoLLM):
@@ -67,15 +67,14 @@ class LlavaOnevisionVideoLLM(VideoLLM):
             pixels.append(torch.from_numpy(np.ascontiguousarray(chw)))
         return torch.stack(pixels)[None].to(device=self.device, dtype=self.dtype)
 
-    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[FrameTokens]:
+    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[torch.Tensor]:
         pixels = self.preprocess_frames(frames)
         features = self.model.model.get_video_features(
             pixel_values_videos=pixels,
             vision_feature_layer=self._vision_layer,
             vision_feature_select_strategy=self._select_strategy,
         ).pooler_output[0, :-1]  # drop the trailing image_newline: it belongs after the *last* frame
-        per_frame = features.reshape(len(frames), -1, features.shape[-1])
-        return [FrameTokens(embeds=f, n_vision=f.shape[0]) for f in per_frame]
+        return list(features.reshape(len(frames), -1, features.shape[-1]))
 
     def oracle_inputs(self, frames, times_s, question, system_prompt) -> dict:
         n_tokens = len(frames) * self.tokens_per_frame + 1
