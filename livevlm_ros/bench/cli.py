@@ -183,7 +183,7 @@ def frame_tokens(model, frames: FrameSource) -> int:
     """Language-model tokens of one frame of ``model`` (vision tokens plus any per-frame text)."""
     frame, _ = next(frames.stream(1))
     with torch.inference_mode():
-        return int(model.encode_frames([frame], [0.0])[0].shape[0])
+        return int(model.encode_frames([frame], [0.0])[0].embeds.shape[0])
 
 
 def _config_text(config: EngineConfig) -> str:

@@ -221,8 +221,8 @@ class LiveVLMStream:
         result = list(items)
         if images:
             encoded = self.model.encode_frames([items[i] for i in images], [relative_times[i] for i in images])
-            for i, embeds in zip(images, encoded):
-                result[i] = embeds
+            for i, frame in zip(images, encoded):
+                result[i] = frame.embeds
         return result
 
     def _write_prefix(self) -> None:
@@ -376,7 +376,7 @@ class LiveVLMStream:
 
     def _prefill_question(self, question: str, window: _TimeWindow, max_new: int):
         visible = self._visible_tokens(window)
-        embeds = self.model.question_embeds(question, self.config.system_prompt)
+        embeds = self.model.question_embeds(question, self.config.system_prompt).embeds
         self._check_answer_fits(embeds.shape[0], max_new)
         cache = AnswerCache(self.model.num_layers)
         stats = _AskStats()

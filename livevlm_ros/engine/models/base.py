@@ -9,6 +9,7 @@ the decoder layers itself (see :mod:`livevlm_ros.engine.decoder`) so it can keep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,39 @@ from ..errors import InvalidFrameError, ModelLoadError
 
 #: Split marker placed where the question goes when rendering a chat template.
 QUESTION_MARKER = "\u0000LIVEVLM_QUESTION\u0000"
+
+
+@dataclass
+class FrameEmbedding:
+    """Language-model input of one frame.
+
+    Attributes:
+        embeds: ``[n, hidden]`` input embeddings, in prompt order (time text, delimiters, image tokens).
+        vision: ``[n]`` bool, True for the image tokens (the output of the vision tower and projector);
+            False for *structure* tokens (SmolVLM2's ``Frame from MM:SS:`` text, image delimiters). The
+            memory never evicts a frame's structure tokens while any of its vision tokens remain.
+    """
+
+    embeds: torch.Tensor
+    vision: torch.Tensor
+
+    @classmethod
+    def all_vision(cls, embeds: torch.Tensor) -> "FrameEmbedding":
+        """A frame whose every token is content (LLaVA-OneVision frames, caption "frames" of a text proxy)."""
+        return cls(embeds, torch.ones(embeds.shape[0], dtype=torch.bool, device=embeds.device))
+
+
+@dataclass
+class QuestionEmbedding:
+    """Language-model input of everything after the last frame, up to the answer's start.
+
+    Attributes:
+        embeds: ``[q, hidden]`` (video outro, chat-template text, the question, the assistant header).
+        own: ``[q]`` bool, True for the tokens of the question text itself (retrieval pools over these).
+    """
+
+    embeds: torch.Tensor
+    own: torch.Tensor
 
 
 def check_frame(frame: np.ndarray) -> None:
@@ -146,6 +180,19 @@ class VideoLLM:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def tokenize_marking(self, text: str, span: tuple[int, int]) -> tuple[list[int], list[bool]]:
+        """Token ids of ``text`` and, per token, whether it overlaps the characters ``text[span[0]:span[1]]``.
+
+        The text is tokenized as one string (so ids equal :meth:`tokenize`), and the span is found
+        through the fast tokenizer's offset mapping.
+        """
+        if not text:
+            return [], []
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start, end = span
+        marks = [begin < end and stop > start for begin, stop in encoded["offset_mapping"]]
+        return list(encoded["input_ids"]), marks
+
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         index = torch.tensor(list(ids), dtype=torch.long, device=self.device)
         return self.embed_tokens(index)
@@ -172,13 +219,17 @@ class VideoLLM:
         """Text after the last frame: video outro, the question and the assistant header."""
         raise NotImplementedError
 
-    def question_embeds(self, question: str, system_prompt: Optional[str]) -> torch.Tensor:
-        """Embeddings ``[q, hidden]`` of everything after the last frame, ending at the answer's start."""
-        return self.embed_text(self.question_text(question, system_prompt))
+    def question_embeds(self, question: str, system_prompt: Optional[str]) -> QuestionEmbedding:
+        """Embeddings of everything after the last frame, ending at the answer's start, with the
+        question's own tokens marked."""
+        template = self.question_text(QUESTION_MARKER, system_prompt)
+        start = template.index(QUESTION_MARKER)
+        text = template.replace(QUESTION_MARKER, question)
+        ids, own = self.tokenize_marking(text, (start, start + len(question)))
+        return QuestionEmbedding(self.embed_ids(ids), torch.tensor(own, dtype=torch.bool, device=self.device))
 
-    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[torch.Tensor]:
-        """Embeddings ``[n_tokens, hidden]`` of each frame (time text, if any, then vision tokens),
-        through the model's vision tower.
+    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[FrameEmbedding]:
+        """Embeddings of each frame (time text, if any, then vision tokens), through the model's vision tower.
 
         Args:
             frames: RGB ``uint8`` arrays ``(H, W, 3)``, already validated.

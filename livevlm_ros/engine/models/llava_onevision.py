@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 
-from .base import QUESTION_MARKER, VideoLLM, split_chat_prompt
+from .base import QUESTION_MARKER, FrameEmbedding, QuestionEmbedding, VideoLLM, split_chat_prompt
 
 
 class LlavaOnevisionVideoLLM(VideoLLM):
@@ -46,10 +46,12 @@ class LlavaOnevisionVideoLLM(VideoLLM):
     def question_text(self, question: str, system_prompt: Optional[str]) -> str:
         return self._split(system_prompt)[1].replace(QUESTION_MARKER, question)
 
-    def question_embeds(self, question: str, system_prompt: Optional[str]) -> torch.Tensor:
+    def question_embeds(self, question: str, system_prompt: Optional[str]) -> QuestionEmbedding:
         """``image_newline`` (closes the video) followed by the question suffix's token embeddings."""
         newline = self.model.model.image_newline.to(self.dtype)[None, :]
-        return torch.cat([newline, self.embed_text(self.question_text(question, system_prompt))], dim=0)
+        text = super().question_embeds(question, system_prompt)
+        own = torch.cat([torch.zeros(1, dtype=torch.bool, device=self.device), text.own])
+        return QuestionEmbedding(torch.cat([newline, text.embeds], dim=0), own)
 
     # ----------------------------------------------------------------- vision
     def preprocess_frames(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
@@ -67,14 +69,14 @@ class LlavaOnevisionVideoLLM(VideoLLM):
             pixels.append(torch.from_numpy(np.ascontiguousarray(chw)))
         return torch.stack(pixels)[None].to(device=self.device, dtype=self.dtype)
 
-    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[torch.Tensor]:
+    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[FrameEmbedding]:
         pixels = self.preprocess_frames(frames)
         features = self.model.model.get_video_features(
             pixel_values_videos=pixels,
             vision_feature_layer=self._vision_layer,
             vision_feature_select_strategy=self._select_strategy,
         ).pooler_output[0, :-1]  # drop the trailing image_newline: it belongs after the *last* frame
-        return list(features.reshape(len(frames), -1, features.shape[-1]))
+        return [FrameEmbedding.all_vision(f) for f in features.reshape(len(frames), -1, features.shape[-1])]
 
     def oracle_inputs(self, frames, times_s, question, system_prompt) -> dict:
         n_tokens = len(frames) * self.tokens_per_frame + 1

@@ -19,7 +19,7 @@ from transformers.models.smolvlm.processing_smolvlm import (
     get_image_prompt_string,
 )
 
-from .base import QUESTION_MARKER, VideoLLM, split_chat_prompt
+from .base import QUESTION_MARKER, FrameEmbedding, VideoLLM, split_chat_prompt
 
 STREAM_INTRO = "You are provided the following series of frames from a live camera stream.\n"
 
@@ -73,7 +73,7 @@ class SmolVLMVideoLLM(VideoLLM):
         mask = out["pixel_attention_mask"].to(device=self.device)
         return pixels, mask
 
-    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[torch.Tensor]:
+    def encode_frames(self, frames: Sequence[np.ndarray], times_s: Sequence[float]) -> list[FrameEmbedding]:
         pixels, mask = self.preprocess_frames(frames)
         features = self.model.model.get_image_features(pixel_values=pixels, pixel_attention_mask=mask).pooler_output[0]
         features = features.reshape(len(frames), -1, features.shape[-1])
@@ -81,8 +81,9 @@ class SmolVLMVideoLLM(VideoLLM):
         for feature, t in zip(features, times_s):
             ids = torch.tensor(self.tokenize(frame_time_text(t) + self.image_prompt), device=self.device)
             embeds = self.embed_tokens(ids)
-            embeds[ids == self.image_token_id] = feature.to(embeds.dtype)
-            result.append(embeds)
+            vision = ids == self.image_token_id
+            embeds[vision] = feature.to(embeds.dtype)
+            result.append(FrameEmbedding(embeds, vision))
         return result
 
     def oracle_inputs(self, frames, times_s, question, system_prompt) -> dict:
