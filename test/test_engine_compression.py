@@ -78,9 +78,22 @@ def test_observation_scores_match_full_attention_rows():
     expanded = k.repeat_interleave(heads // kv_heads, dim=0)
     logits = torch.einsum("hrd,htd->hrt", q, expanded) * d ** -0.5
     causal = torch.arange(total)[None, :] <= (total - r + torch.arange(r))[:, None]
-    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
-    assert torch.allclose(got, weights.mean(dim=(0, 1)), atol=1e-6)
-    assert math.isclose(float(got.sum()), 1.0, rel_tol=1e-5)
+    weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)  # [heads, r, T]
+    per_query_head = weights.mean(dim=1).reshape(kv_heads, heads // kv_heads, total)
+    assert got.shape == (kv_heads, total)
+    assert torch.allclose(got, per_query_head.mean(dim=1), atol=1e-6)
+    assert torch.allclose(got.mean(dim=0), weights.mean(dim=(0, 1)), atol=1e-6)
+    assert math.isclose(float(got.sum()), kv_heads, rel_tol=1e-5)
+    maxed = observation_scores(q, k, d ** -0.5, reduce_heads="max")
+    assert torch.allclose(maxed, per_query_head.amax(dim=1), atol=1e-6)
+    # scored in row blocks: the same as one block
+    import livevlm_ros.engine.decoder as decoder_module
+    block = decoder_module.SCORE_ROW_BLOCK
+    try:
+        decoder_module.SCORE_ROW_BLOCK = 2
+        assert torch.allclose(observation_scores(q, k, d ** -0.5), got, atol=1e-6)
+    finally:
+        decoder_module.SCORE_ROW_BLOCK = block
 
 
 @pytest.mark.parametrize("policy", ["vsb", "topk", "sliding", "rekv"])

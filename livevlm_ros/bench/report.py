@@ -77,7 +77,7 @@ def results_table(rows: list, model: str) -> str:
             if cuda:
                 cells.append(_fmt(r.get("peak_cuda_bytes"), MIB, 0))
             cells += [_fmt(100 * r.get("vsb_scoring_share", 0.0), digits=2),
-                      _fmt(100 * r.get("par_share_of_answer", 0.0), digits=2)]
+                      _fmt(100 * r.get("retrieve_share_of_answer", 0.0), digits=2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

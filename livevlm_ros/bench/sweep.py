@@ -29,10 +29,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from livevlm_ros.engine import EngineConfig, LiveVLMStream
+from livevlm_ros.engine import EngineConfig, LiveVLMStream, StageTimer
+from livevlm_ros.engine.timing import NO_TIMER
 
 from .frames import FrameSource
-from .instrument import PeakMemory, SectionTimer, instrumented, synchronize
+from .instrument import PeakMemory, synchronize
 from .policies import policy_config, run_order, without_eos
 
 #: The question asked at every checkpoint (answers of random-weight models are meaningless;
@@ -143,8 +144,8 @@ class _PolicyRun:
         self.policy = policy
         self.device = device
         self.config = policy_config(policy, settings.base_config)
-        self.stream = LiveVLMStream(without_eos(model), self.config)
-        self.timer = SectionTimer(device)
+        self.timer = StageTimer(device)
+        self.stream = LiveVLMStream(without_eos(model), self.config, timer=self.timer)
         self.memory = PeakMemory(device)
         self.prefix_bytes = self.stream.stats().device_kv_bytes
         self.bytes_per_frame = None  # measured after the first clip
@@ -175,10 +176,15 @@ class _PolicyRun:
         self.stream.flush()
         synchronize(self.device)
         ingest_sections = self.timer.take()
+        # timed asks without the stage hook (on CUDA its synchronisation would add to the latency);
+        # one more ask with it for the answer-phase shares
+        self.stream.timer = NO_TIMER
         results = []
         for _ in range(max(1, self.settings.repeats)):
             results.append(self.stream.ask(QUESTION, max_new_tokens=self.settings.answer_tokens))
             synchronize(self.device)
+        self.stream.timer = self.timer
+        profiled = self.stream.ask(QUESTION, max_new_tokens=self.settings.answer_tokens)
         answer_sections = self.timer.take()
         result = min(results, key=lambda r: r.total_s)
         self.last_ask_s = sum(r.total_s for r in results)
@@ -204,30 +210,27 @@ class _PolicyRun:
             "max_position_id": stats.max_position_id,
             "past_trained_context": stats.max_position_id >= stats.max_position_embeddings,
         }
-        row.update(_shares(ingest_sections, self.ingest_s, answer_sections, results))
+        row.update(_shares(ingest_sections, self.ingest_s, answer_sections, profiled))
         self.last_s_per_frame = self.ingest_s / max(1, self.segment_frames)
         self.ingest_s, self.segment_frames = 0.0, 0
         self.memory.reset()
         return row
 
 
-def _shares(ingest: dict, ingest_s: float, answer: dict, results: list) -> dict:
-    """Overhead sections as fractions of the segment's ingest time and of the answer time (all asks)."""
+def _shares(ingest: dict, ingest_s: float, answer: dict, profiled) -> dict:
+    """Stage times as fractions of the segment's ingest time and of one profiled answer."""
     def share(seconds: float, whole: float) -> float:
         return seconds / whole if whole > 0 else 0.0
 
-    total_s = sum(r.total_s for r in results)
-    ttft_s = sum(r.ttft_s for r in results)
-
-    vsb_scoring = ingest.get("obs_scores", 0.0) + ingest.get("vsb_select", 0.0) + ingest.get("topk_select", 0.0)
+    vsb_scoring = ingest.get("score", 0.0) + ingest.get("select", 0.0)
     return {
         "vsb_scoring_share": share(vsb_scoring, ingest_s),
-        "obs_scores_share": share(ingest.get("obs_scores", 0.0), ingest_s),
-        "compress_share": share(ingest.get("compress", 0.0), ingest_s),
-        "par_share_of_answer": share(answer.get("par", 0.0), total_s),
-        "par_share_of_ttft": share(answer.get("par", 0.0), ttft_s),
-        "rekv_retrieve_share_of_answer": share(answer.get("rekv_retrieve", 0.0), total_s),
-        "rekv_retrieve_share_of_ttft": share(answer.get("rekv_retrieve", 0.0), ttft_s),
+        "obs_scores_share": share(ingest.get("score", 0.0), ingest_s),
+        "select_share": share(ingest.get("select", 0.0), ingest_s),
+        "compact_share": share(ingest.get("compact", 0.0), ingest_s),
+        "page_means_share": share(ingest.get("page_means", 0.0), ingest_s),
+        "retrieve_share_of_answer": share(answer.get("retrieve", 0.0), profiled.total_s),
+        "retrieve_share_of_ttft": share(answer.get("retrieve", 0.0), profiled.ttft_s),
     }
 
 
@@ -243,7 +246,7 @@ def _run_policy(model, frames: FrameSource, settings: SweepSettings, policy: str
     checkpoints = sorted(set(settings.checkpoints))
     clip = run.config.clip_frames
     previous = 0
-    with torch.inference_mode(), instrumented(run.timer):
+    with torch.inference_mode():
         run.memory.reset()
         for target in checkpoints:
             if _out_of_time(run, deadline, target - previous):

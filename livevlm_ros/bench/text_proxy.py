@@ -119,28 +119,19 @@ def is_correct(answer: str, colour: str) -> bool:
 
 # ------------------------------------------------------------------ engine runs
 class _LogitsProbe:
-    """Replaces one stream's greedy token choice to record log-probabilities (and optionally force tokens)."""
+    """Greedy answers of one stream plus the log-probabilities of every answer step (teacher-forced)."""
 
     def __init__(self, stream: LiveVLMStream) -> None:
         self.stream = stream
-        self.forced: Optional[list] = None
-        self.tokens: list = []
-        self.log_probs: list = []
-        stream._next_token = self._next_token  # instance attribute: this stream only
-
-    def _next_token(self, logits: torch.Tensor, sampler) -> int:
-        self.log_probs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-        step = len(self.tokens)
-        token = int(logits.argmax()) if self.forced is None else int(self.forced[step])
-        self.tokens.append(token)
-        return token
 
     def ask(self, question: str, forced: Optional[Sequence[int]] = None):
-        """``(AskResult, tokens, log_probs)``; ``forced`` tokens are fed instead of the argmax."""
-        self.forced, self.tokens, self.log_probs = (list(forced) if forced is not None else None), [], []
-        max_new = len(forced) if forced is not None else ANSWER_TOKENS
-        result = self.stream.ask(question, max_new_tokens=max_new)
-        return result, list(self.tokens), list(self.log_probs)
+        """``(AskResult, tokens, log_probs)``: the greedy answer, and the log-probabilities of each step of
+        ``forced`` (default: of the greedy answer's own tokens, ending with the step that chose to stop)."""
+        result = self.stream.ask(question, max_new_tokens=ANSWER_TOKENS)
+        tokens = list(forced) if forced is not None else self.stream.model.tokenize(result.answer)
+        steps = tokens if tokens else [0]
+        log_probs = self.stream.continuation_logprobs(question, [steps])[0]
+        return result, tokens, list(log_probs[: max(1, len(tokens))])
 
 
 def kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> float:

@@ -7,37 +7,50 @@ Typical use::
     for t, frame in frames:          # RGB uint8 (H, W, 3), stream time in seconds
         stream.ingest(frame, t)
     result = stream.ask("What is on the road?")
+
+Names are imported lazily (module ``__getattr__``): ``import livevlm_ros.engine.config`` (or
+``.errors``, ``.question``) loads neither torch nor transformers, which is what the ROS parameter
+and question layers rely on; the first use of ``LiveVLMStream`` or ``load_video_llm`` loads them.
 """
 
-from .config import MEMORY_POLICIES, RETRIEVAL_POLICIES, EngineConfig
-from .errors import (
-    ConfigError,
-    EmptyMemoryError,
-    InvalidFrameError,
-    InvalidQuestionError,
-    LiveVLMError,
-    ModelLoadError,
-    TimestampError,
-)
-from .models import TINY_MODELS, VideoLLM, load_video_llm
-from .results import AskResult, MemoryStats
-from .stream import LiveVLMStream
+from __future__ import annotations
 
-__all__ = [
-    "AskResult",
-    "ConfigError",
-    "EmptyMemoryError",
-    "EngineConfig",
-    "InvalidFrameError",
-    "InvalidQuestionError",
-    "LiveVLMError",
-    "LiveVLMStream",
-    "MEMORY_POLICIES",
-    "MemoryStats",
-    "ModelLoadError",
-    "RETRIEVAL_POLICIES",
-    "TINY_MODELS",
-    "TimestampError",
-    "VideoLLM",
-    "load_video_llm",
-]
+import importlib
+
+#: public name -> submodule that defines it
+_EXPORTS = {
+    "AskRequest": "question",
+    "AskResult": "results",
+    "ConfigError": "errors",
+    "EmptyMemoryError": "errors",
+    "EngineConfig": "config",
+    "FIELD_CHOICES": "config",
+    "InvalidFrameError": "errors",
+    "InvalidQuestionError": "errors",
+    "LiveVLMError": "errors",
+    "LiveVLMStream": "stream",
+    "MEMORY_POLICIES": "config",
+    "MemoryLayout": "kv_memory",
+    "MemoryStats": "results",
+    "ModelLoadError": "errors",
+    "RETRIEVAL_POLICIES": "config",
+    "StageTimer": "timing",
+    "TINY_MODELS": "models.tiny",
+    "TimestampError": "errors",
+    "VideoLLM": "models.base",
+    "load_video_llm": "models.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

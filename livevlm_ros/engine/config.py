@@ -1,8 +1,9 @@
-"""Configuration of one LiveVLM stream (memory policy, VSB, PaR, decoding).
+"""Configuration of one LiveVLM stream (memory policy, importance scores, VSB, PaR, decoding).
 
 All sizes are in *tokens* of the language model unless the name says frames; all times
 are stream seconds (the timestamps given to :meth:`LiveVLMStream.ingest`).
 Values are validated on construction, so a bad parameter fails where it is set.
+This module imports neither torch nor rclpy (the ROS parameter layer reads it).
 """
 
 from __future__ import annotations
@@ -14,29 +15,57 @@ from typing import Optional
 
 from .errors import ConfigError
 
-#: Memory policies. ``full``: keep every token (vanilla video LLM, grows without bound).
+#: Memory policies, each one class in :mod:`livevlm_ros.engine.policies` (registered by name).
+#: ``full``: keep every token (vanilla video LLM, grows without bound).
 #: ``sliding``: prefix (attention sinks) + the most recent ``budget_tokens`` (StreamingLLM).
+#: ``random``: keep a uniformly random subset (the null baseline of the fidelity benchmark).
 #: ``topk``: VSB's score, plain top-M without bucketing (the paper's ablation).
 #: ``vsb``: Vision Sink Bucketing (LiveVLM).
 #: ``rekv``: ReKV-style: a sliding window on the device, every older token offloaded to
 #: host memory, the top frames retrieved per layer at question time.
-MEMORY_POLICIES = ("full", "sliding", "topk", "vsb", "rekv")
+MEMORY_POLICIES = ("full", "sliding", "random", "topk", "vsb", "rekv")
 
 #: Retrieval policies at question time. ``none``: attend to all of memory.
 #: ``par``: Position-agnostic KV Retrieval on pre-RoPE keys. ``par-pe``: the same page
-#: selection scored with RoPE-rotated keys and queries (the paper's ablation).
+#: selection scored with keys rotated at their original stream positions (the paper's ablation).
 RETRIEVAL_POLICIES = ("none", "par", "par-pe")
 
+#: What VSB's coverage buckets split. ``stream``: the original stream positions the long-term
+#: memory spans (coverage of the whole stream). ``memory``: the compacted memory index (ablation).
+VSB_BUCKETS = ("stream", "memory")
+#: Observation window of the importance score: the clip's last frame, or the whole newest clip.
+SCORE_WINDOWS = ("frame", "clip")
+#: How the importance score aggregates attention heads.
+SCORE_HEADS = ("mean", "max")
+#: Unit of eviction: single tokens, or whole frames (caption phrases in a text proxy).
+KEEP_UNITS = ("token", "frame")
+
+#: The allowed values of every choice field of :class:`EngineConfig` (one table for the engine,
+#: the command-line options and the ROS parameter descriptors).
+FIELD_CHOICES = {
+    "memory": MEMORY_POLICIES,
+    "retrieval": RETRIEVAL_POLICIES,
+    "vsb_buckets": VSB_BUCKETS,
+    "score_window": SCORE_WINDOWS,
+    "score_heads": SCORE_HEADS,
+    "keep_unit": KEEP_UNITS,
+}
 
 #: The paper's long-term budget M (tokens), used when ``budget_tokens`` is None and it fits.
 REFERENCE_BUDGET_TOKENS = 12000
 #: Positions kept free for the question (tokens) when checking that a budget fits the context.
 QUESTION_RESERVE_TOKENS = 128
+#: Largest answer a request may ask for (tokens).
+MAX_NEW_TOKENS_LIMIT = 4096
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    _check(value in choices, f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -51,9 +80,17 @@ class EngineConfig:
             ``rekv`` it is the size of the on-device recent window. ``None``: the paper's
             12,000, lowered to what fits the model's trained context (see ``LiveVLMStream.budget``).
         short_term_frames: W, the most recent frames kept uncompressed.
-        observation_tokens: r, the newest vision tokens whose attention scores the cache
-            (VSB/top-k). ``None`` means the tokens of the clip's last frame.
-        bucket_capacity: B, tokens each positional bucket may hold in VSB's coverage phase.
+        observation_tokens: r, the newest tokens whose attention scores the cache (VSB/top-k);
+            ``None``: all tokens of the observation window.
+        score_window: the importance score's observation window: ``frame`` (the clip's last
+            frame, the paper's choice) or ``clip`` (every token of the newest clip).
+        score_heads: aggregation of the score over attention heads: ``mean`` or ``max``.
+        score_decay: 0 scores tokens by the newest clip's attention only (the paper); d in (0, 1)
+            accumulates importance over clips, S = d * S + s_new.
+        select_per_head: keep a token set per KV head instead of one per layer.
+        keep_unit: ``token`` or ``frame`` (whole frames kept or dropped, scored by their mean).
+        vsb_buckets: one of :data:`VSB_BUCKETS`: what VSB's coverage buckets split.
+        bucket_capacity: B, tokens each coverage bucket may hold in VSB's coverage phase.
         saliency_share: share of M kept by plain saliency (VSB phase 1), in [0, 1].
         page_size: C, consecutive long-term tokens per retrieval page.
         retrieval_ratio: share of long-term pages retrieved per layer, in (0, 1].
@@ -61,6 +98,7 @@ class EngineConfig:
         max_new_tokens: default answer length limit.
         max_question_chars: questions longer than this are rejected.
         system_prompt: optional system message placed in the prefix (``None``: model default).
+        seed: seed of the ``random`` policy's choices.
     """
 
     clip_frames: int = 8
@@ -69,6 +107,12 @@ class EngineConfig:
     budget_tokens: Optional[int] = None
     short_term_frames: int = 2
     observation_tokens: Optional[int] = None
+    score_window: str = "frame"
+    score_heads: str = "mean"
+    score_decay: float = 0.0
+    select_per_head: bool = False
+    keep_unit: str = "token"
+    vsb_buckets: str = "stream"
     bucket_capacity: int = 1
     saliency_share: float = 0.5
     page_size: int = 16
@@ -77,13 +121,11 @@ class EngineConfig:
     max_new_tokens: int = 64
     max_question_chars: int = 2000
     system_prompt: Optional[str] = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.memory in MEMORY_POLICIES, f"memory must be one of {MEMORY_POLICIES}, got {self.memory!r}")
-        _check(
-            self.retrieval in RETRIEVAL_POLICIES,
-            f"retrieval must be one of {RETRIEVAL_POLICIES}, got {self.retrieval!r}",
-        )
+        for name, choices in FIELD_CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         _check(1 <= self.clip_frames <= 1024, f"clip_frames must be in [1, 1024], got {self.clip_frames}")
         _check(
             self.budget_tokens is None or self.budget_tokens >= 1,
@@ -94,6 +136,7 @@ class EngineConfig:
             self.observation_tokens is None or self.observation_tokens >= 1,
             f"observation_tokens must be None or >= 1, got {self.observation_tokens}",
         )
+        _check(0.0 <= self.score_decay < 1.0, f"score_decay must be in [0, 1), got {self.score_decay}")
         _check(self.bucket_capacity >= 1, f"bucket_capacity must be >= 1, got {self.bucket_capacity}")
         _check(0.0 <= self.saliency_share <= 1.0, f"saliency_share must be in [0, 1], got {self.saliency_share}")
         _check(self.page_size >= 1, f"page_size must be >= 1, got {self.page_size}")
@@ -101,12 +144,21 @@ class EngineConfig:
             0.0 < self.retrieval_ratio <= 1.0, f"retrieval_ratio must be in (0, 1], got {self.retrieval_ratio}"
         )
         _check(self.rekv_frames >= 1, f"rekv_frames must be >= 1, got {self.rekv_frames}")
-        _check(1 <= self.max_new_tokens <= 4096, f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
+        _check(
+            1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT,
+            f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}",
+        )
         _check(self.max_question_chars >= 1, f"max_question_chars must be >= 1, got {self.max_question_chars}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     def replace(self, **changes) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def bounded(self) -> bool:
+        """True unless the memory grows without bound (``full``)."""
+        return self.memory != "full"
 
 
 def field_descriptions() -> dict[str, str]:

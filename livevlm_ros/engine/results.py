@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
@@ -61,6 +61,9 @@ class MemoryStats:
         max_position_embeddings: the language model's trained context length.
         device_kv_bytes: bytes of key/value tensors on the model's device.
         host_kv_bytes: bytes of key/value tensors offloaded to host memory (``rekv`` only).
+        coverage: 10 shares (sum 1, oldest first) of the long-term tokens whose frame time falls in
+            each tenth of the stream time ingested so far (all zeros before the first compression
+            target exists); how evenly memory spans the stream.
     """
 
     tokens: int
@@ -76,6 +79,7 @@ class MemoryStats:
     max_position_embeddings: int
     device_kv_bytes: int
     host_kv_bytes: int
+    coverage: list = field(default_factory=lambda: [0.0] * 10)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -2,12 +2,14 @@
 
 A *group* is a set of memory tokens retrieved together: a page of ``C`` consecutive long-term
 tokens (PaR) or all tokens of one frame (ReKV-style). Its representative is the mean of its
-keys; the question scores a group by the pooled dot product of its queries with that mean.
+keys; the question scores a group by the pooled dot product of its own tokens' queries with that
+mean. Nothing here reads a tensor back to the host.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -32,51 +34,71 @@ def page_means(keys: torch.Tensor, page_size: int) -> torch.Tensor:
     """Mean key of each page of ``page_size`` consecutive tokens (the last page may be shorter).
 
     Args:
-        keys: ``[kv_heads, n, head_dim]``.
+        keys: ``[..., n, head_dim]``.
     Returns:
-        ``[kv_heads, ceil(n / page_size), head_dim]`` float32; a reshape, no scatter.
+        ``[..., ceil(n / page_size), head_dim]`` float32; a reshape, no scatter.
     """
-    heads, n, dim = keys.shape
+    *lead, n, dim = keys.shape
     pages = math.ceil(n / page_size)
-    padded = keys.new_zeros(heads, pages * page_size, dim)
-    padded[:, :n] = keys
-    sums = padded.view(heads, pages, page_size, dim).float().sum(dim=2)
+    padded = keys.new_zeros(*lead, pages * page_size, dim)
+    padded[..., :n, :] = keys
+    sums = padded.view(*lead, pages, page_size, dim).float().sum(dim=-2)
     counts = torch.full((pages,), float(page_size), device=keys.device)
     counts[-1] = n - (pages - 1) * page_size
-    return sums / counts[None, :, None]
+    return sums / counts[:, None]
 
 
-def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int) -> torch.Tensor:
-    """Positions (ascending) of the tokens of ``pages`` (ascending page ids) of ``page_size`` tokens."""
-    index = (pages[:, None] * page_size + torch.arange(page_size, device=pages.device)).flatten()
-    return index[index < n_tokens]
+def pages_with_visible_tokens(visible: torch.Tensor, page_size: int) -> torch.Tensor:
+    """``[..., pages]`` bool: pages holding at least one visible token (``visible`` ``[..., n]`` bool)."""
+    *lead, n = visible.shape
+    pages = math.ceil(n / page_size)
+    padded = visible.new_zeros(*lead, pages * page_size)
+    padded[..., :n] = visible
+    return padded.view(*lead, pages, page_size).any(dim=-1)
 
 
-def pooled_query(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
-    """Mean of the question's queries over tokens and over the query heads of each KV group.
+def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token offsets of ``pages`` (``[..., k]`` ascending page ids), and which of them exist.
+
+    Returns:
+        ``(offsets, exists)``, both ``[..., k * page_size]``: offsets clamped into ``[0, n_tokens)``
+        (so they can be gathered), ``exists`` False for the missing tail of a short last page.
+    """
+    offsets = (pages[..., :, None] * page_size + torch.arange(page_size, device=pages.device)).flatten(-2)
+    return offsets.clamp(max=n_tokens - 1), offsets < n_tokens
+
+
+def pooled_query(queries: torch.Tensor, num_kv_heads: int, own: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of the question's queries over its own tokens and over the query heads of each KV group.
 
     Args:
-        queries: ``[heads, q, head_dim]``.
+        queries: ``[heads, q, head_dim]`` (pre-RoPE, or rotated for the PE ablation).
+        own: ``[q]`` bool: the question's own tokens (``None``: all ``q``).
     Returns:
         ``[kv_heads, head_dim]`` float32; its dot product with a group mean, averaged over KV heads,
-        equals the mean over all query heads and tokens of ``q . mean_key`` (linearity).
+        equals the mean over the pooled query heads and tokens of ``q . mean_key`` (linearity).
     """
     heads, q, dim = queries.shape
-    return queries.float().reshape(num_kv_heads, (heads // num_kv_heads) * q, dim).mean(dim=1)
+    grouped = queries.float().reshape(num_kv_heads, heads // num_kv_heads, q, dim)
+    if own is None:
+        return grouped.mean(dim=(1, 2))
+    weights = own.float() / own.float().sum().clamp(min=1.0)
+    return torch.einsum("hgqd,q->hd", grouped, weights) / grouped.shape[1]
 
 
-def score_groups(pooled: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """``[num_groups]`` score of each group: mean over KV heads of ``pooled . mean``."""
-    return torch.einsum("hd,hgd->hg", pooled, means).mean(dim=0)
+def score_groups(pooled: torch.Tensor, means: torch.Tensor, per_head: bool = False) -> torch.Tensor:
+    """Score of each group: ``pooled . mean`` per KV head (``[kv_heads, groups]``) or its mean over heads (``[groups]``)."""
+    scores = torch.einsum("hd,hgd->hg", pooled, means)
+    return scores if per_head else scores.mean(dim=0)
 
 
 def top_groups(scores: torch.Tensor, ratio: float = 0.0, count: int = 0) -> torch.Tensor:
-    """Ids of the best groups, ascending (temporal order): ``ceil(ratio * n)`` of them, or ``count``."""
-    n = scores.shape[0]
+    """Ids of the best groups along the last axis, ascending (temporal order): ``ceil(ratio * n)`` of them, or ``count``."""
+    n = scores.shape[-1]
     k = min(n, max(1, math.ceil(ratio * n)) if count == 0 else count)
-    return scores.topk(k).indices.sort().values
+    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
 def tokens_in_groups(group_ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Positions (ascending) of the tokens whose group is in ``chosen``."""
+    """Positions (ascending) of the tokens whose group is in ``chosen`` (host-side sizes: a sync)."""
     return torch.isin(group_ids, chosen).nonzero().squeeze(1)

@@ -1,91 +1,48 @@
 """LiveVLM on one video stream: encode frames as they arrive, answer questions from memory.
 
+A thin composition of the engine's parts:
+
+* **memory** (:class:`~.kv_memory.KVMemory`): pre-RoPE KV with rotated copy and token metadata;
+* **policy** (:mod:`.policies`): which long-term tokens survive a compression;
+* **retrieval** (:mod:`.context`, :mod:`.retrieval`): which memory each layer attends to when answering;
+* **generate** (:mod:`.generate`): the one layer loop, prefill and decode.
+
 Encoding phase (:meth:`LiveVLMStream.ingest`): frames are buffered into clips; each clip goes
-through the vision tower and is prefilled on top of the memory (it attends to all of memory
-and causally to itself). Then the memory policy keeps the long-term memory within budget
-(VSB by default) using the attention the clip's newest tokens paid to it.
+through the vision tower and is prefilled on top of the memory (it attends to all of memory and
+causally to itself). Then the memory policy keeps the long-term memory within budget (VSB by
+default) using the attention the clip's newest tokens paid to it.
 
 Response phase (:meth:`LiveVLMStream.ask`): the question is prefilled layer by layer; in each
-layer the retrieval policy (PaR by default) picks long-term pages with the question's
+layer the retrieval policy (PaR by default) picks long-term pages with the question's own
 pre-RoPE queries; [prefix + retrieved pages + short-term memory + question] are rotated with
 compacted positions and attended; then the answer is decoded. The memory is only read.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
 
-from . import compression, retrieval
+from . import generate, retrieval
 from .answer_cache import AnswerCache
 from .config import QUESTION_RESERVE_TOKENS, REFERENCE_BUDGET_TOKENS, EngineConfig
-from .decoder import RotaryTable, attend, finish, logits_of, observation_scores, project
+from .context import ContextBuilder, ContextPlan, TimeWindow, plan_context
+from .decoder import RotaryTable
 from .errors import ConfigError, EmptyMemoryError, InvalidFrameError, InvalidQuestionError, TimestampError
-from .kv_memory import KVMemory
-from .models.base import VideoLLM, check_frame
+from .kv_memory import KVMemory, MemoryLayout, time_coverage
+from .models.base import FrameEmbedding, VideoLLM, check_frame
+from .policies import Region, make_policy
+from .prefill import MemoryPrefill
+from .question import AskRequest
 from .results import AskResult, MemoryStats
 from .text_stream import IncrementalDecoder
+from .timing import NO_TIMER
 
-
-@dataclass
-class _Context:
-    """What one layer attends to when answering: pre-RoPE keys, values and their stream times."""
-
-    keys: torch.Tensor  # [kv_heads, C, d]
-    values: torch.Tensor  # [kv_heads, C, d]
-    times: torch.Tensor  # [C] float64, nan for prefix text
-    pages_retrieved: int = 0
-    pages_total: int = 0
-
-
-@dataclass
-class _AskStats:
-    context_tokens: list = field(default_factory=list)
-    pages_retrieved: list = field(default_factory=list)
-    pages_total: list = field(default_factory=list)
-    span_start: float = math.inf
-    span_end: float = -math.inf
-
-    def add(self, context: _Context) -> None:
-        self.context_tokens.append(context.keys.shape[1])
-        self.pages_retrieved.append(context.pages_retrieved)
-        self.pages_total.append(context.pages_total)
-        frame_times = context.times[~torch.isnan(context.times)]
-        if frame_times.numel():
-            self.span_start = min(self.span_start, float(frame_times.min()))
-            self.span_end = max(self.span_end, float(frame_times.max()))
-
-
-@dataclass(frozen=True)
-class _TimeWindow:
-    """Stream-time window ``[since, until]`` (s) a question may use; ``None`` ends are open."""
-
-    since: Optional[float] = None
-    until: Optional[float] = None
-
-    @property
-    def open(self) -> bool:
-        return self.since is None and self.until is None
-
-    def contains(self, stamps: torch.Tensor) -> torch.Tensor:
-        """Mask of ``stamps`` (float64, any shape) inside the window; nan (prefix text) is outside."""
-        low = -math.inf if self.since is None else self.since
-        high = math.inf if self.until is None else self.until
-        return (stamps >= low) & (stamps <= high)
-
-
-def _mean(values: list) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
+LOG = logging.getLogger(__name__)
 
 
 class LiveVLMStream:
@@ -97,23 +54,32 @@ class LiveVLMStream:
     Args:
         model: a loaded video LLM (see :func:`load_video_llm`).
         config: memory, compression, retrieval and decoding parameters.
+        timer: a :class:`~.timing.StageTimer` to time the stages (benchmarks), or none.
     """
 
-    def __init__(self, model: VideoLLM, config: Optional[EngineConfig] = None) -> None:
+    def __init__(self, model: VideoLLM, config: Optional[EngineConfig] = None, *, timer=NO_TIMER) -> None:
         self.model = model
         self.config = config or EngineConfig()
+        self.policy = make_policy(self.config)
+        self.timer = timer
         self._rotary = RotaryTable(model.rotary_emb, model.device, model.dtype)
         self._scale = model.layers[0].self_attn.scaling
-        self._memory = self._new_memory(model.device)
-        self._host = self._new_memory(torch.device("cpu")) if self.config.memory == "rekv" else None
-        self._pending: list[tuple[np.ndarray, float]] = []
+        cfg = self.config
+        self._memory = KVMemory(model.num_layers, model.num_kv_heads, model.head_dim, device=model.device,
+                                dtype=model.dtype, rotary=self._rotary, host_offload=self.policy.evicts_to_host,
+                                recent_frames=cfg.short_term_frames + cfg.clip_frames + 1)
+        self._pending: list[tuple[object, float]] = []
         self._frames_ingested = 0
         self._first_time: Optional[float] = None
         self._last_time: Optional[float] = None
+        self._page_means: Optional[tuple[int, torch.Tensor]] = None  # (memory version, [L, H, pages, d])
+        self._warned_context = False
         with torch.inference_mode():
             self._write_prefix()
         self.budget = self._resolve_budget()
+        self._memory.reserve(self._working_size())
 
+    # ================================================================== sizes
     def _resolve_budget(self) -> int:
         """Long-term budget M (tokens) such that no position ever passes the model's trained context.
 
@@ -125,10 +91,10 @@ class LiveVLMStream:
         per_frame, prefix = model.max_tokens_per_frame, self._memory.prefix_len
         ingest_peak = prefix + (cfg.short_term_frames + cfg.clip_frames) * per_frame
         answer_peak = prefix + cfg.short_term_frames * per_frame + QUESTION_RESERVE_TOKENS + cfg.max_new_tokens
-        if cfg.memory == "rekv":
+        if self.policy.evicts_to_host:
             answer_peak += cfg.rekv_frames * per_frame
         room = model.max_position_embeddings - max(ingest_peak, answer_peak)
-        if cfg.memory == "full":
+        if not self.policy.bounded:
             return cfg.budget_tokens or REFERENCE_BUDGET_TOKENS  # unused: full memory never compresses
         wanted = cfg.budget_tokens or min(REFERENCE_BUDGET_TOKENS, room)
         if wanted < 1 or wanted > room:
@@ -141,9 +107,12 @@ class LiveVLMStream:
             )
         return wanted
 
-    def _new_memory(self, device: torch.device) -> KVMemory:
-        m = self.model
-        return KVMemory(m.num_layers, m.num_kv_heads, m.head_dim, device=device, dtype=m.dtype)
+    def _working_size(self) -> int:
+        """Tokens the memory holds at most while a clip is prefilled on a full memory (bounded policies)."""
+        cfg, per_frame = self.config, self.model.max_tokens_per_frame
+        if not self.policy.bounded:
+            return self._memory.capacity
+        return self._memory.prefix_len + self.budget + (cfg.short_term_frames + cfg.clip_frames) * per_frame
 
     # ================================================================== ingest
     def ingest(self, frame: np.ndarray, timestamp: float) -> None:
@@ -159,17 +128,25 @@ class LiveVLMStream:
         check_frame(frame)
         self._buffer(frame.copy(), timestamp)
 
-    def ingest_embeddings(self, embeds: torch.Tensor, timestamp: float) -> None:
+    def ingest_embeddings(self, embeds: torch.Tensor, timestamp: float, vision: Optional[torch.Tensor] = None) -> None:
         """Add one "frame" given directly as language-model input embeddings ``[n, hidden]``.
 
         For proxies and tests that bypass the vision tower (e.g. a frame made of caption tokens).
         It is buffered, prefilled and compressed exactly like an image frame.
+
+        Args:
+            vision: ``[n]`` bool, False for structure tokens (never evicted while the frame's other
+                tokens remain); default: every token is content.
         """
         if embeds.ndim != 2 or embeds.shape[1] != self.model.hidden_size or embeds.shape[0] == 0:
             raise InvalidFrameError(
                 f"embeddings must have shape [n > 0, {self.model.hidden_size}], got {tuple(embeds.shape)}"
             )
-        self._buffer(embeds.detach().to(device=self.model.device, dtype=self.model.dtype), timestamp)
+        if vision is not None and (vision.dtype != torch.bool or tuple(vision.shape) != (embeds.shape[0],)):
+            raise InvalidFrameError(f"vision must be a bool tensor of shape [{embeds.shape[0]}]")
+        embeds = embeds.detach().to(device=self.model.device, dtype=self.model.dtype)
+        frame = FrameEmbedding.all_vision(embeds) if vision is None else FrameEmbedding(embeds, vision.to(embeds.device))
+        self._buffer(frame, timestamp)
 
     def _buffer(self, item, timestamp: float) -> None:
         self._check_timestamp(timestamp)
@@ -181,7 +158,8 @@ class LiveVLMStream:
             self.flush()
 
     def _check_timestamp(self, timestamp: float) -> None:
-        if not isinstance(timestamp, (int, float, np.floating, np.integer)) or not math.isfinite(timestamp):
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(timestamp):
             raise TimestampError(f"timestamp must be a finite number of seconds, got {timestamp!r}")
         if self._last_time is not None and timestamp < self._last_time:
             raise TimestampError(
@@ -193,100 +171,121 @@ class LiveVLMStream:
         """Prefill the buffered frames now (a partial clip). Returns how many frames were prefilled."""
         if not self._pending:
             return 0
-        frames = [f for f, _ in self._pending]
+        items = [f for f, _ in self._pending]
         times = [t for _, t in self._pending]
         self._pending = []  # a failing model call drops this clip rather than retrying it forever
         with torch.inference_mode():
-            self._prefill_clip(frames, times)
-        return len(frames)
+            self._prefill_clip(items, times)
+        return len(items)
 
-    def _prefill_clip(self, frames: list[np.ndarray], times: list[float]) -> None:
-        frame_embeds = self._encode(frames, [t - self._first_time for t in times])
-        counts = torch.tensor([e.shape[0] for e in frame_embeds])
-        first_index = self._frames_ingested
-        frame_index = torch.repeat_interleave(torch.arange(first_index, first_index + len(frames)), counts)
-        stamps = torch.repeat_interleave(torch.tensor(times, dtype=torch.float64), counts)
-        embeds = torch.cat(frame_embeds)
-        observe = self.config.observation_tokens or int(counts[-1])
-        # Scores are only needed when this clip can push the long-term memory over budget.
-        over_budget = self._memory.length + embeds.shape[0] - self._memory.prefix_len > self.budget
-        needs_scores = self.config.memory in ("vsb", "topk") and over_budget
-        scores = self._prefill(embeds, frame_index, stamps, min(observe, embeds.shape[0]) if needs_scores else 0)
-        self._frames_ingested += len(frames)
-        self._compress(scores)
-
-    def _encode(self, items: list, relative_times: list[float]) -> list[torch.Tensor]:
-        """Embeddings ``[n_i, hidden]`` of each buffered item: images go through the vision tower in one batch."""
+    def _encode(self, items: list, relative_times: list[float]) -> list[FrameEmbedding]:
+        """Each buffered item's :class:`FrameEmbedding`: images go through the vision tower in one batch."""
         images = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
         result = list(items)
         if images:
-            encoded = self.model.encode_frames([items[i] for i in images], [relative_times[i] for i in images])
+            with self.timer.section("encode"):
+                encoded = self.model.encode_frames([items[i] for i in images], [relative_times[i] for i in images])
             for i, frame in zip(images, encoded):
-                result[i] = frame.embeds
+                result[i] = frame
         return result
 
     def _write_prefix(self) -> None:
         embeds = self.model.embed_text(self.model.prefix_text(self.config.system_prompt))
-        keys, values = self._forward_new_tokens(embeds, observe=0)[:2]
-        self._memory.append_prefix(keys, values)
+        n = embeds.shape[0]
+        self._memory.reserve(n)
+        generate.forward(self.model, embeds, MemoryPrefill(self._memory, self._rotary, self._scale),
+                         need_output=False)
+        self._memory.commit(torch.full((n,), -1, dtype=torch.long), torch.full((n,), torch.nan, dtype=torch.float64),
+                            torch.zeros(n, dtype=torch.bool), frame_tokens=[])
+        self._memory.mark_prefix()
 
-    def _prefill(self, embeds: torch.Tensor, frame_index: torch.Tensor, stamps: torch.Tensor,
-                 observe: int) -> Optional[torch.Tensor]:
-        """Run ``embeds`` ``[n, hidden]`` over the memory and append their pre-RoPE KV.
+    def _prefill_clip(self, items: list, times: list[float]) -> None:
+        cfg, memory = self.config, self._memory
+        frames = self._encode(items, [t - self._first_time for t in times])
+        counts = [f.embeds.shape[0] for f in frames]
+        first = self._frames_ingested
+        n = sum(counts)
+        frame_index = torch.repeat_interleave(torch.arange(first, first + len(frames)), torch.tensor(counts))
+        stamps = torch.repeat_interleave(torch.tensor(times, dtype=torch.float64), torch.tensor(counts))
+        embeds = torch.cat([f.embeds for f in frames])
+        vision = torch.cat([f.vision for f in frames])
+        self._warn_past_context(n)
+        observe = self._observation_tokens(counts) if self._needs_scores(n) else 0
+        memory.reserve(memory.length + n)
+        prefill = MemoryPrefill(memory, self._rotary, self._scale, observe, cfg.score_heads, self.timer)
+        with self.timer.section("prefill"):
+            generate.forward(self.model, embeds, prefill, need_output=False)
+        memory.commit(frame_index, stamps, vision, frame_tokens=list(zip(range(first, first + len(frames)), counts)))
+        self._frames_ingested += len(frames)
+        if prefill.scores is not None:
+            memory.add_importance(memory.prefix_len, prefill.scores[:, :, memory.prefix_len:], cfg.score_decay)
+        self._compress()
+        if cfg.retrieval != "none" and not self.policy.evicts_to_host:
+            with self.timer.section("page_means"):
+                self._page_means_now()
 
-        Returns ``[layers, T]`` observation scores of every memory token (after the append), or None.
-        """
-        keys, values, scores = self._forward_new_tokens(embeds, observe)
-        self._memory.append(keys, values, frame_index, stamps)
-        return scores
-
-    def _forward_new_tokens(self, embeds: torch.Tensor, observe: int):
-        """All layers over the memory for ``n`` new tokens at positions ``T .. T+n-1``.
-
-        Returns pre-RoPE ``keys``/``values`` ``[layers, kv_heads, n, d]`` and, if ``observe > 0``,
-        ``[layers, T+n]`` scores from the last ``observe`` tokens' attention.
-        """
+    def _needs_scores(self, new_tokens: int) -> bool:
+        """Importance is computed when this clip can push the long-term memory over budget (every clip
+        when importance accumulates over clips)."""
+        if not self.policy.needs_scores:
+            return False
         memory = self._memory
-        start = memory.length
-        hidden = embeds
-        new_keys, new_values, scores = [], [], []
-        last = len(self.model.layers) - 1
-        for i, layer in enumerate(self.model.layers):
-            inp = project(layer, hidden)
-            keys = torch.cat([self._rotary.rotate(memory.keys[i], 0), self._rotary.rotate(inp.keys, start)], dim=1)
-            values = torch.cat([memory.values[i], inp.values], dim=1)
-            queries = self._rotary.rotate(inp.queries, start)
-            if observe:
-                scores.append(observation_scores(queries[:, -observe:], keys, self._scale))
-            new_keys.append(inp.keys)
-            new_values.append(inp.values)
-            if i < last:  # the last layer's output is not needed while encoding
-                hidden = finish(layer, inp.residual, attend(queries, keys, values, self._scale))
-        return torch.stack(new_keys), torch.stack(new_values), (torch.stack(scores) if observe else None)
+        over = memory.length + new_tokens - memory.prefix_len > self.budget
+        return over or self.config.score_decay > 0
+
+    def _observation_tokens(self, counts: list[int]) -> int:
+        window = counts[-1] if self.config.score_window == "frame" else sum(counts)
+        return min(self.config.observation_tokens or window, sum(counts))
+
+    def _warn_past_context(self, new_tokens: int) -> None:
+        """The unbounded ``full`` memory eventually uses positions the model was not trained on: say so once."""
+        limit = self.model.max_position_embeddings
+        if not self._warned_context and self._memory.length + new_tokens > limit:
+            self._warned_context = True
+            LOG.warning("%s: memory=%s now holds %d tokens, past the model's trained context of %d positions; "
+                        "answers may degrade (use a bounded memory policy such as vsb)", self.model.name,
+                        self.config.memory, self._memory.length + new_tokens, limit)
 
     # ================================================================== memory policy
     def _short_term_start(self) -> int:
-        first_short_term = self._frames_ingested - self.config.short_term_frames
-        return self._memory.short_term_start(first_short_term)
+        return self._memory.short_term_start(self._frames_ingested - self.config.short_term_frames)
 
-    def _compress(self, scores: Optional[torch.Tensor]) -> None:
-        cfg, memory = self.config, self._memory
+    def _compress(self) -> None:
+        memory, cfg = self._memory, self.config
         start, end = memory.prefix_len, self._short_term_start()
-        length = end - start
-        if cfg.memory == "full" or length <= self.budget:
+        if not self.policy.bounded or end - start <= self.budget:
             return
-        if cfg.memory in ("sliding", "rekv"):
-            if self._host is not None:
-                evicted = memory.slice_tokens(start, end - self.budget)
-                self._host.append(*(t.to("cpu") for t in evicted))
-            keep = compression.keep_recent(memory.num_layers, length, self.budget, memory.device)
-        elif cfg.memory == "topk":
-            keep = compression.keep_top_k(scores[:, start:end], self.budget)
-        else:
-            keep = compression.keep_vision_sink_buckets(
-                scores[:, start:end], self.budget, cfg.bucket_capacity, cfg.saliency_share
-            )
-        memory.keep(start, end, keep)
+        layers, heads = memory.num_layers, memory.num_kv_heads
+        region = slice(start, end)
+
+        def lanes(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor[:, :, region].reshape(layers * heads, -1) if cfg.select_per_head else tensor[:, 0, region]
+
+        scores = None
+        if self.policy.needs_scores:
+            importance = memory.importance[:, :, region]
+            if not cfg.select_per_head:
+                importance = importance.amax(dim=1) if cfg.score_heads == "max" else importance.mean(dim=1)
+            scores = importance.reshape(-1, end - start)
+        with self.timer.section("select"):
+            keep = self.policy.select(Region(scores, lanes(memory.position), lanes(memory.frame_index),
+                                             lanes(memory.vision)), self.budget)
+        keep = keep.reshape(layers, heads, -1) if cfg.select_per_head else keep[:, None].expand(-1, heads, -1)
+        with self.timer.section("compact"):
+            memory.keep(start, end, keep)
+
+    def _page_means_now(self) -> torch.Tensor:
+        """``[L, H, pages, d]`` PaR page representatives of the current long-term memory (cached per change)."""
+        memory = self._memory
+        if self._page_means is not None and self._page_means[0] == memory.version:
+            return self._page_means[1]
+        region = slice(memory.prefix_len, self._short_term_start())
+        keys = memory.keys[:, :, region]
+        if self.config.retrieval == "par-pe":  # ablation: keys rotated at their original stream positions
+            keys = self._rotary.rotate_at(keys, memory.position[:, :, region])
+        means = retrieval.page_means(keys, self.config.page_size) if keys.shape[2] else keys.float()
+        self._page_means = (memory.version, means)
+        return means
 
     # ================================================================== ask
     def ask(
@@ -308,7 +307,8 @@ class LiveVLMStream:
         Args:
             since / until: optional stream-time window (s); only memory from frames stamped in
                 ``[since, until]`` may be used (the prefix always is).
-            on_token: called with each new piece of answer text as it is decoded.
+            on_token: called once per generated token with the text it completes (possibly empty
+                while a multi-byte character is incomplete); the pieces concatenate to the answer.
             should_stop: polled before each token; returning True ends the answer (``"cancelled"``).
             do_sample / temperature / top_p / seed: sampling instead of greedy decoding.
 
@@ -316,12 +316,33 @@ class LiveVLMStream:
             InvalidQuestionError: empty or too long question, bad window or sampling values.
             EmptyMemoryError: no frame yet, or none inside the window.
         """
+        request = AskRequest.build(question, self.config, max_new_tokens=max_new_tokens, since=since, until=until,
+                                   do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        return self.answer(request, on_token=on_token, should_stop=should_stop)
+
+    def answer(self, request: AskRequest, *, on_token: Optional[Callable[[str], None]] = None,
+               should_stop: Optional[Callable[[], bool]] = None) -> AskResult:
+        """:meth:`ask` for an already validated :class:`AskRequest` (the ROS layer builds one)."""
         started = time.perf_counter()
-        max_new = self._validate_question(question, max_new_tokens, since, until, temperature, top_p)
         with torch.inference_mode():
-            cache, logits, stats = self._start_answer(question, since, until, max_new)
-            return self._decode(cache, logits, stats, max_new, started, on_token, should_stop,
-                                self._sampler(do_sample, temperature, top_p, seed))
+            cache, logits, builder = self._begin(request, request.max_new_tokens)
+            text = IncrementalDecoder(self.model.decode)
+
+            def emit(token: int) -> None:
+                piece = text.push(token)
+                if on_token is not None:
+                    on_token(piece)
+
+            sampling = generate.Sampling(request.temperature if request.do_sample else None, request.top_p,
+                                         request.seed)
+            with self.timer.section("decode"):
+                decoded = generate.decode_n_tokens(
+                    self.model, cache, logits, request.max_new_tokens, sampling, stop_ids=self.model.eos_token_ids,
+                    on_token=emit, should_stop=should_stop, **self._first_token_check(request, builder))
+            tail = text.finish()
+            if tail and on_token is not None:
+                on_token(tail)
+            return self._result(request, cache, builder.plan, text.text, decoded, started)
 
     def first_token_logits(self, question: str, *, since: Optional[float] = None,
                            until: Optional[float] = None) -> torch.Tensor:
@@ -329,78 +350,110 @@ class LiveVLMStream:
 
         For fidelity checks (against ``model.generate``, or between memory policies).
         """
-        self._validate_question(question, None, since, until, 1.0, 1.0)
+        request = AskRequest.build(question, self.config, max_new_tokens=1, since=since, until=until)
         with torch.inference_mode():
-            return self._start_answer(question, since, until, max_new=1)[1]
+            cache, logits, builder = self._begin(request, 1)
+            self._check_window(request, builder)
+            return logits
 
-    def _start_answer(self, question: str, since: Optional[float], until: Optional[float], max_new: int):
-        """Flush pending frames, then prefill the question: (answer cache, first logits, stats)."""
+    def option_logprobs(self, question: str, options: Sequence[str], *, since: Optional[float] = None,
+                        until: Optional[float] = None) -> list[float]:
+        """Log-likelihood (natural log, summed over tokens) of each option text as the answer's start.
+
+        Teacher-forced through the same retrieval path as :meth:`ask` (one question prefill shared by
+        every option); the memory is only read.
+
+        Raises:
+            InvalidQuestionError: the question is invalid, or an option is empty.
+        """
+        token_ids = [self.model.tokenize(option) if isinstance(option, str) else [] for option in options]
+        if not token_ids or any(not ids for ids in token_ids):
+            raise InvalidQuestionError("every option must be a non-empty string")
+        per_token = self.continuation_logprobs(question, token_ids, since=since, until=until)
+        return [float(lp.gather(1, torch.tensor(ids)[:, None]).sum()) for lp, ids in zip(per_token, token_ids)]
+
+    def continuation_logprobs(self, question: str, continuations: Sequence[Sequence[int]], *,
+                              since: Optional[float] = None, until: Optional[float] = None) -> list[torch.Tensor]:
+        """For each continuation (token ids), ``[m, vocab]`` float32 (CPU) log-probabilities of every answer
+        position: row ``j`` is the distribution of the ``j``-th answer token given the question and the
+        continuation's first ``j`` tokens (teacher forcing). One question prefill serves them all.
+        """
+        if not continuations or any(len(ids) == 0 for ids in continuations):
+            raise InvalidQuestionError("every continuation must have at least one token")
+        longest = max(len(ids) for ids in continuations)
+        request = AskRequest.build(question, self.config, max_new_tokens=min(longest, 4096), since=since,
+                                   until=until)
+        with torch.inference_mode():
+            cache, logits, builder = self._begin(request, longest)
+            self._check_window(request, builder)
+            first = logits.log_softmax(dim=-1)[None]
+            state = cache.checkpoint()
+            result = []
+            for ids in continuations:
+                rows = first
+                if len(ids) > 1:
+                    following = generate.token_logprobs(self.model, self.model.embed_ids(list(ids[:-1])), cache)
+                    rows = torch.cat([first, following])
+                    cache.rewind(state)
+                result.append(rows.cpu())
+            return result
+
+    def _begin(self, request: AskRequest, answer_room: int) -> tuple[AnswerCache, torch.Tensor, ContextBuilder]:
+        """Flush pending frames, then prefill the question: (answer cache, first logits, context builder)."""
         self.flush()
         if self._frames_ingested == 0:
             raise EmptyMemoryError("no frame has been ingested yet: nothing to answer about")
-        return self._prefill_question(question, _TimeWindow(since, until), max_new)
+        model, memory, cfg = self.model, self._memory, self.config
+        question = model.question_embeds(request.question, cfg.system_prompt)
+        window = TimeWindow(request.since, request.until)
+        host_frames, host_slots = self._host_frames(window)
+        self._check_answer_fits(question.embeds.shape[0], answer_room, host_slots)
+        retrieves = cfg.retrieval != "none" and not self.policy.evicts_to_host
+        plan = plan_context(memory, cfg, self._short_term_start(), retrieves, host_slots)
+        n_question = question.embeds.shape[0]
+        positions = torch.arange(memory.stream_tokens, memory.stream_tokens + n_question, device=memory.device)
+        builder = ContextBuilder(memory, cfg, self._rotary, plan, window,
+                                 page_means=self._page_means_now() if plan.pages_total else None,
+                                 own=question.own, question_positions=positions, host_frames=host_frames,
+                                 timer=self.timer)
+        cache = AnswerCache(num_layers=model.num_layers, num_kv_heads=model.num_kv_heads, head_dim=model.head_dim,
+                            context_slots=plan.slots, room=n_question + answer_room, device=model.device,
+                            dtype=model.dtype, rotary=self._rotary, scale=self._scale, build_context=builder)
+        with self.timer.section("answer"):
+            logits = generate.prefill(model, question.embeds, cache)
+        cache.advance(n_question)
+        return cache, logits, builder
 
-    def _validate_question(self, question, max_new_tokens, since, until, temperature, top_p) -> int:
-        if not isinstance(question, str) or not question.strip():
-            raise InvalidQuestionError("the question is empty")
-        if len(question) > self.config.max_question_chars:
-            raise InvalidQuestionError(
-                f"the question has {len(question)} characters; at most {self.config.max_question_chars} are accepted"
-            )
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and not math.isfinite(value):
-                raise InvalidQuestionError(f"{name} must be a finite time in seconds, got {value!r}")
-        if since is not None and until is not None and since > until:
-            raise InvalidQuestionError(f"time window is inverted: since {since} > until {until}")
-        max_new = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        if not 1 <= max_new <= 4096:
-            raise InvalidQuestionError(f"max_new_tokens must be in [1, 4096], got {max_new_tokens}")
-        if temperature <= 0 or not 0 < top_p <= 1:
-            raise InvalidQuestionError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        return max_new
+    def _host_frames(self, window: TimeWindow) -> tuple[list, int]:
+        """ReKV-style: the offloaded frames inside ``window``, and the slots their best ``rekv_frames`` may need."""
+        host = self._memory.host
+        if host is None or not host.length:
+            return [], 0
+        frames = host.frames_in(window.since, window.until)
+        sizes = sorted((host.frame_end[s] - host.frame_start[s] for s in frames), reverse=True)
+        return frames, sum(sizes[: self.config.rekv_frames])
 
-    def _visible_tokens(self, window: _TimeWindow) -> Optional[torch.Tensor]:
-        """``[layers, T]`` mask of memory tokens inside the window (prefix always), or None for no window.
+    def _first_token_check(self, request: AskRequest, builder: ContextBuilder) -> dict:
+        """With a time window, the count of visible frame tokens is read with the first token (one host read)."""
+        if not request.windowed:
+            return {}
 
-        Raises:
-            EmptyMemoryError: no frame, on the device or offloaded, lies inside the window.
-        """
-        if window.open:
-            return None
-        frame_tokens = self._memory.frame_index >= 0
-        inside = window.contains(self._memory.timestamp) & frame_tokens
-        offloaded = self._host is not None and bool(window.contains(self._host.timestamp).any())
-        if not bool(inside.any()) and not offloaded:
-            raise EmptyMemoryError(f"no frame in memory lies in the time window [{window.since}, {window.until}] s")
-        return inside | ~frame_tokens
+        def check(values: list) -> None:
+            if values[0] == 0:
+                raise EmptyMemoryError(f"no frame in memory lies in the time window [{request.since}, {request.until}] s")
 
-    def _prefill_question(self, question: str, window: _TimeWindow, max_new: int):
-        visible = self._visible_tokens(window)
-        embeds = self.model.question_embeds(question, self.config.system_prompt).embeds
-        self._check_answer_fits(embeds.shape[0], max_new)
-        cache = AnswerCache(self.model.num_layers)
-        stats = _AskStats()
-        lt_end = self._short_term_start()
-        hidden = embeds
-        for i, layer in enumerate(self.model.layers):
-            inp = project(layer, hidden)
-            context = self._layer_context(i, inp.queries, window, None if visible is None else visible[i], lt_end)
-            stats.add(context)
-            n_context = context.keys.shape[1]
-            cache.start_layer(i, self._rotary.rotate(context.keys, 0), context.values,
-                              room=embeds.shape[0] + max_new)
-            cache.append(i, self._rotary.rotate(inp.keys, n_context), inp.values)
-            queries = self._rotary.rotate(inp.queries, n_context)
-            hidden = finish(layer, inp.residual, attend(queries, cache.keys(i), cache.values(i), self._scale))
-        return cache, logits_of(self.model.final_norm, self.model.lm_head, hidden), stats
+        return {"check_first": check, "extra_first": builder.visible_frame_tokens()}
 
-    def _check_answer_fits(self, question_tokens: int, max_new: int) -> None:
+    def _check_window(self, request: AskRequest, builder: ContextBuilder) -> None:
+        check = self._first_token_check(request, builder)
+        if check:
+            check["check_first"](check["extra_first"].tolist())
+
+    def _check_answer_fits(self, question_tokens: int, max_new: int, host_slots: int) -> None:
         """Raise InvalidQuestionError if memory + question + answer could pass the trained context."""
-        if self.config.memory == "full":
+        if not self.policy.bounded:
             return  # the unbounded baseline: positions grow with the stream by design
-        context = self._memory.length
-        if self._host is not None:
-            context += self.config.rekv_frames * self.model.max_tokens_per_frame
+        context = self._memory.length + host_slots
         limit = self.model.max_position_embeddings
         if context + question_tokens + max_new > limit:
             raise InvalidQuestionError(
@@ -408,152 +461,55 @@ class LiveVLMStream:
                 f"{context} memory tokens in the model's {limit} positions; shorten the question or max_new_tokens"
             )
 
-    def _layer_context(self, layer: int, queries: torch.Tensor, window: _TimeWindow,
-                       visible: Optional[torch.Tensor], lt_end: int) -> _Context:
-        """Prefix + retrieved long-term tokens + short-term tokens of one layer, in temporal order.
-
-        ``lt_end``: token index where short-term memory begins (the same for every layer).
-        """
-        memory, cfg = self._memory, self.config
-        prefix, total = memory.prefix_len, memory.length
-        device = memory.device
-        long_term = torch.arange(prefix, lt_end, device=device)
-        short_term = torch.arange(lt_end, total, device=device)
-        if visible is not None:
-            long_term, short_term = long_term[visible[long_term]], short_term[visible[short_term]]
-        pages_retrieved = pages_total = 0
-        if cfg.memory != "rekv" and cfg.retrieval != "none" and long_term.numel():
-            long_term, pages_retrieved, pages_total = self._retrieve_pages(layer, queries, long_term)
-        index = torch.cat([torch.arange(prefix, device=device), long_term, short_term])
-        keys = memory.keys[layer][:, index]
-        values = memory.values[layer][:, index]
-        times = memory.timestamp[layer][index]
-        if self._host is not None and self._host.length:
-            host_keys, host_values, host_times = self._retrieve_host_frames(layer, queries, window)
-            keys = torch.cat([keys[:, :prefix], host_keys, keys[:, prefix:]], dim=1)
-            values = torch.cat([values[:, :prefix], host_values, values[:, prefix:]], dim=1)
-            times = torch.cat([times[:prefix], host_times, times[prefix:]])
-        return _Context(keys, values, times, pages_retrieved, pages_total)
-
-    def _retrieve_pages(self, layer: int, queries: torch.Tensor, long_term: torch.Tensor):
-        """PaR: the best pages of ``long_term`` (token indices) for this layer's question queries."""
-        cfg = self.config
-        keys = self._memory.keys[layer][:, long_term]
-        if cfg.retrieval == "par-pe":  # ablation: score with RoPE-rotated keys and queries
-            keys = self._rotary.rotate_at(keys, long_term)  # at the positions they had in memory
-            queries = self._rotary.rotate(queries, self._memory.length)
-        means = retrieval.page_means(keys, cfg.page_size)
-        scores = retrieval.score_groups(retrieval.pooled_query(queries, self.model.num_kv_heads), means)
-        chosen = retrieval.top_groups(scores, ratio=cfg.retrieval_ratio)
-        return long_term[retrieval.tokens_of_pages(chosen, cfg.page_size, long_term.numel())], chosen.numel(), \
-            means.shape[1]
-
-    def _retrieve_host_frames(self, layer: int, queries: torch.Tensor, window: _TimeWindow):
-        """ReKV-style: the best ``rekv_frames`` offloaded frames inside ``window`` (by mean key), moved to the device."""
-        host = self._host
-        inside = window.contains(host.timestamp[layer]).nonzero().squeeze(1)
-        keys, values = host.keys[layer][:, inside], host.values[layer][:, inside]
-        frames, times = host.frame_index[layer][inside], host.timestamp[layer][inside]
-        device = self._memory.device
-        if not inside.numel():
-            return keys.to(device), values.to(device), times.to(device)
-        frame_ids, group_ids = torch.unique(frames, return_inverse=True)
-        means = retrieval.group_means(keys, group_ids, frame_ids.numel())
-        scores = retrieval.score_groups(retrieval.pooled_query(queries.to("cpu"), self.model.num_kv_heads), means)
-        chosen = retrieval.top_groups(scores, count=min(self.config.rekv_frames, frame_ids.numel()))
-        index = retrieval.tokens_in_groups(group_ids, chosen)
-        return keys[:, index].to(device), values[:, index].to(device), times[index].to(device)
-
-    # ================================================================== decode
-    def _sampler(self, do_sample: bool, temperature: float, top_p: float, seed: Optional[int]):
-        if not do_sample:
-            return None
-        warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
-        generator = torch.Generator(device=self.model.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
-        return warpers, generator
-
-    def _next_token(self, logits: torch.Tensor, sampler) -> int:
-        if sampler is None:
-            return int(logits.argmax())
-        warpers, generator = sampler
-        scores = warpers(None, logits[None])
-        return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
-
-    def _decode(self, cache: AnswerCache, logits: torch.Tensor, stats: _AskStats, max_new: int, started: float,
-                on_token, should_stop, sampler) -> AskResult:
-        text = IncrementalDecoder(self.model.decode)
-        ttft = None
-        stop_reason = "length"
-        for step in range(max_new):
-            if should_stop is not None and should_stop():
-                stop_reason = "cancelled"
-                break
-            token = self._next_token(logits, sampler)
-            if ttft is None:
-                ttft = time.perf_counter() - started
-            if token in self.model.eos_token_ids:
-                stop_reason = "eos"
-                break
-            piece = text.push(token)
-            if piece and on_token is not None:
-                on_token(piece)
-            if step + 1 < max_new:
-                logits = self._decode_step(cache, token)
-        tail = text.finish()
-        if tail and on_token is not None:
-            on_token(tail)
+    def _result(self, request: AskRequest, cache: AnswerCache, plan: ContextPlan, answer: str,
+                decoded: generate.Decoded, started: float) -> AskResult:
         total = time.perf_counter() - started
-        has_span = stats.span_start <= stats.span_end
+        low, high = float(cache.span_low.min()), float(cache.span_high.max())
+        context_tokens = float(cache.valid[:, :, : plan.slots].sum(dim=2)[:, 0].double().mean())
+        self._rotary.note(int(cache.next_position.max()) - 1)
+        has_span = low <= high
         return AskResult(
-            answer=text.text,
-            ttft_s=ttft if ttft is not None else total,
+            answer=answer,
+            ttft_s=(decoded.first_token_s - started) if decoded.first_token_s is not None else total,
             total_s=total,
             frames_seen=self._frames_ingested,
-            span_start=stats.span_start if has_span else None,
-            span_end=stats.span_end if has_span else None,
+            span_start=low if has_span else None,
+            span_end=high if has_span else None,
             memory_tokens=self._memory.length,
-            context_tokens=_mean(stats.context_tokens),
-            pages_retrieved=_mean(stats.pages_retrieved),
-            pages_total=_mean(stats.pages_total),
-            new_tokens=len(text.ids),
-            stop_reason=stop_reason,
+            context_tokens=context_tokens,
+            pages_retrieved=float(plan.pages_kept),
+            pages_total=float(plan.pages_total),
+            new_tokens=len(decoded.ids),
+            stop_reason=decoded.stop_reason,
         )
-
-    def _decode_step(self, cache: AnswerCache, token: int) -> torch.Tensor:
-        hidden = self.model.embed_ids([token])
-        for i, layer in enumerate(self.model.layers):
-            inp = project(layer, hidden)
-            position = cache.next_position[i]
-            cache.append(i, self._rotary.rotate(inp.keys, position), inp.values)
-            queries = self._rotary.rotate(inp.queries, position)
-            hidden = finish(layer, inp.residual, attend(queries, cache.keys(i), cache.values(i), self._scale))
-        return logits_of(self.model.final_norm, self.model.lm_head, hidden)
 
     # ================================================================== state
     def reset(self) -> None:
         """Forget every frame (buffered, in memory, offloaded); keep the prompt prefix."""
-        self._memory.clear(keep_prefix=True)
-        if self._host is not None:
-            self._host.clear(keep_prefix=False)
+        with torch.inference_mode():
+            self._memory.clear()
         self._pending = []
         self._frames_ingested = 0
         self._first_time = self._last_time = None
+        self._page_means = None
 
     @property
     def pending_frames(self) -> int:
         return len(self._pending)
 
+    def memory_layout(self) -> MemoryLayout:
+        """A CPU snapshot of where each memory token came from (frame, time, stream position, kind)."""
+        return self._memory.layout(self._short_term_start())
+
     def stats(self) -> MemoryStats:
         memory, cfg = self._memory, self.config
         lt_end = self._short_term_start()
-        times = [memory.timestamp[memory.frame_index >= 0]]
-        if self._host is not None and self._host.length:
-            times.append(self._host.timestamp.flatten())
-        frame_times = torch.cat([t.to("cpu") for t in times])
+        frame_times = memory.timestamp[:, 0][memory.frame_index[:, 0] >= 0].cpu()
+        if memory.host is not None and memory.host.length:
+            frame_times = torch.cat([frame_times, memory.host.token_times()])
         return MemoryStats(
             tokens=memory.length,
-            budget=None if cfg.memory == "full" else self.budget,
+            budget=self.budget if self.policy.bounded else None,
             prefix_tokens=memory.prefix_len,
             long_term_tokens=lt_end - memory.prefix_len,
             short_term_tokens=memory.length - lt_end,
@@ -564,5 +520,7 @@ class LiveVLMStream:
             max_position_id=self._rotary.max_position_used,
             max_position_embeddings=self.model.max_position_embeddings,
             device_kv_bytes=memory.nbytes(),
-            host_kv_bytes=self._host.nbytes() if self._host is not None else 0,
+            host_kv_bytes=memory.host.nbytes() if memory.host is not None else 0,
+            coverage=time_coverage(memory.timestamp[:, :, memory.prefix_len:lt_end], self._first_time,
+                                   self._last_time),
         )

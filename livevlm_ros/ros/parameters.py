@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from livevlm_ros.engine.config import MEMORY_POLICIES, RETRIEVAL_POLICIES, EngineConfig, field_descriptions
+from livevlm_ros.engine.config import FIELD_CHOICES, EngineConfig, field_descriptions
 from livevlm_ros.engine.errors import ConfigError
 from livevlm_ros.io.image_codec import DEFAULT_MAX_PIXELS
 
@@ -275,7 +275,6 @@ def engine_parameter_specs() -> List[ParamSpec]:
     hints = typing.get_type_hints(EngineConfig)
     docs = field_descriptions()
     kinds = {int: _INTEGER, float: _DOUBLE, str: _STRING, bool: _BOOL}
-    choices = {"memory": MEMORY_POLICIES, "retrieval": RETRIEVAL_POLICIES}
     specs = []
     for f in dataclasses.fields(EngineConfig):
         annotation, none_value = hints[f.name], _NONE
@@ -288,7 +287,7 @@ def engine_parameter_specs() -> List[ParamSpec]:
         specs.append(ParamSpec(
             f.name, kinds[annotation], default,
             f"EngineConfig.{f.name}: " + docs.get(f.name, f.name),
-            choices=tuple(choices.get(f.name, ())), none_value=none_value,
+            choices=tuple(FIELD_CHOICES.get(f.name, ())), none_value=none_value,
         ))
     return specs
 
