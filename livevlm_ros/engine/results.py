@@ -23,6 +23,7 @@ class AskResult:
         pages_retrieved / pages_total: PaR pages kept / available, mean over layers (0 without PaR).
         new_tokens: answer tokens generated.
         stop_reason: ``"eos"``, ``"length"`` or ``"cancelled"``.
+        token_ids: the answer's token ids (end-of-sequence excluded).
     """
 
     answer: str
@@ -37,6 +38,7 @@ class AskResult:
     pages_total: float
     new_tokens: int
     stop_reason: str
+    token_ids: list = field(default_factory=list)
 
     @property
     def cancelled(self) -> bool:

@@ -481,6 +481,7 @@ class LiveVLMStream:
             pages_total=float(plan.pages_total),
             new_tokens=len(decoded.ids),
             stop_reason=decoded.stop_reason,
+            token_ids=list(decoded.ids),
         )
 
     # ================================================================== state

@@ -49,8 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from livevlm_ros.engine import (
-    MEMORY_POLICIES,
-    RETRIEVAL_POLICIES,
+    FIELD_CHOICES,
     AskResult,
     EngineConfig,
     InvalidFrameError,
@@ -69,8 +68,6 @@ DEFAULT_FPS = 1.0
 
 #: EngineConfig fields whose option name is not ``--field-name``: field -> (flags...)
 _OPTION_FLAGS = {"budget_tokens": ("--budget", "--budget-tokens")}
-#: EngineConfig fields restricted to a set of values.
-_OPTION_CHOICES = {"memory": MEMORY_POLICIES, "retrieval": RETRIEVAL_POLICIES}
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +131,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         else:
             options.update(type=kind, metavar=field.name.upper())
-        if field.name in _OPTION_CHOICES:
-            options.update(choices=_OPTION_CHOICES[field.name], metavar=None)
+        if field.name in FIELD_CHOICES:
+            options.update(choices=FIELD_CHOICES[field.name], metavar=None)
         group.add_argument(*flags, **options)
 
 
