@@ -345,7 +345,7 @@ ANSWER_KEYS = {
     "memory_tokens",
     "pages_retrieved",
 }
-MEMORY_KEYS = {"tokens", "budget", "frames_ingested", "max_position_id", "max_position_embeddings"}
+MEMORY_KEYS = {"tokens", "budget", "frames_ingested", "max_position_id", "max_position_embeddings", "coverage"}
 
 
 @needs_engine
@@ -391,6 +391,8 @@ def test_json_contract_tiny_model_on_real_video(capsys):
     assert [first["frames_seen"], mid["frames_seen"], late["frames_seen"]] == [1, 6, 9]
     assert set(report["memory"]) >= MEMORY_KEYS and report["memory"]["frames_ingested"] == 9
     assert report["memory"]["max_position_id"] < report["memory"]["max_position_embeddings"]
+    coverage = report["memory"]["coverage"]
+    assert len(coverage) == 10 and abs(sum(coverage) - 1.0) < 1e-6
     assert report["model"] == "tiny-llava-onevision" and report["random_weights"] is True
     assert report["source"]["time_offset_s"] == 0.0 and report["source"]["kind"] == "VideoSource"
     assert "RANDOM WEIGHTS" in err

@@ -263,6 +263,8 @@ def test_status_counters_add_up_and_memory_stays_within_budget(status, cameras):
         newest = s.newest_stamp.sec + s.newest_stamp.nanosec * 1e-9
         oldest = s.oldest_stamp.sec + s.oldest_stamp.nanosec * 1e-9
         assert 0 < oldest <= newest
+        assert len(s.coverage) == 10 and all(0.0 <= x <= 1.0 for x in s.coverage)
+        assert sum(s.coverage) == pytest.approx(1.0, abs=1e-4) or sum(s.coverage) == 0.0
         # 30 Hz sampled at 4 fps of header time
         assert s.frames_sampled < 0.25 * s.frames_received
     MEASURED["newest_frame_age_s"] = {n: s.newest_frame_age_s for n, s in streams.items()}

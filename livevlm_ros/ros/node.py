@@ -497,7 +497,7 @@ class LiveVLMNode(LifecycleNode):
                 oldest_stamp=_to_time(st.oldest_time if st else None),
                 newest_stamp=_to_time(st.newest_time if st else None),
                 ingest_rate_hz=rt.rate.rate_hz(), newest_frame_age_s=self._frame_age(rt.newest_ingested_stamp),
-                queue_depth=c.queue_depth))
+                queue_depth=c.queue_depth, coverage=[float(x) for x in st.coverage] if st else [0.0] * 10))
         self._status_pub.publish(msg)
 
     def _publish_diagnostics(self) -> None:

@@ -24,7 +24,8 @@ time order; those after the end of the stream are asked at the end.
                   "frames_seen", "span_start", "span_end", "memory_tokens", "context_tokens",
                   "pages_retrieved", "pages_total", "new_tokens", "stop_reason"}, ...],
      "memory": {MemoryStats fields: "tokens", "budget", "frames_ingested", "max_position_id",
-                "max_position_embeddings", ...},
+                "max_position_embeddings", "coverage" (10 shares of long-term memory per tenth of
+                the stream time, oldest first), ...},
      "model": name, "random_weights": bool, "device", "dtype",
      "source": {"path", "kind", "topic", "fps", "frames_ingested", "frames_skipped",
                 "duration_s", "time_offset_s"},
