@@ -7,6 +7,9 @@ measures every length. Rows (one per policy and checkpoint) hold:
 
 * ``ttft_s`` / ``answer_s``: seconds to the first answer token / to the whole 16-token answer,
   best of ``repeats`` asks.
+* ``limit_s`` / ``limit_ratio``: seconds of one plain transformers forward of the question over a
+  ``DynamicCache`` holding as many tokens as the answer attended to (best of ``repeats``), and
+  ``ttft_s / limit_s``: the engine's overhead over that ideal (see :mod:`.limit`).
 * ``ingest_ms_per_frame``: mean wall milliseconds per frame of the frames ingested since the
   previous checkpoint (vision tower + prefill + compression), device synchronised.
 * ``device_kv_bytes`` / ``host_kv_bytes``: KV bytes on the model's device / offloaded to host (ReKV).
@@ -34,6 +37,7 @@ from livevlm_ros.engine.timing import NO_TIMER
 
 from .frames import FrameSource
 from .instrument import PeakMemory, synchronize
+from .limit import plain_forward_seconds
 from .policies import policy_config, run_order, without_eos
 
 #: The question asked at every checkpoint (answers of random-weight models are meaningless;
@@ -187,13 +191,18 @@ class _PolicyRun:
         profiled = self.stream.ask(QUESTION, max_new_tokens=self.settings.answer_tokens)
         answer_sections = self.timer.take()
         result = min(results, key=lambda r: r.total_s)
+        ttft_s = min(r.ttft_s for r in results)
+        limit_s = plain_forward_seconds(self.stream.model, QUESTION, round(result.context_tokens),
+                                        repeats=self.settings.repeats)
         self.last_ask_s = sum(r.total_s for r in results)
         stats = self.stream.stats()
         row = {
             "policy": self.policy,
             "frames": frames,
             "oom": False,
-            "ttft_s": min(r.ttft_s for r in results),
+            "ttft_s": ttft_s,
+            "limit_s": limit_s,
+            "limit_ratio": ttft_s / limit_s if limit_s > 0 else None,
             "answer_s": result.total_s,
             "asks": len(results),
             "answer_tokens": result.new_tokens,

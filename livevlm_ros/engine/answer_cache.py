@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .decoder import LayerInput, RotaryTable, attend_masked
+from .decoder import LayerInput, RotaryTable, attend_causal, attend_masked
 
 
 @dataclass
@@ -28,12 +28,14 @@ class Context:
     Attributes:
         keys / values: ``[kv_heads, K, d]``. valid: ``[kv_heads, K]`` bool (False: padding or outside
             the time window). times: ``[kv_heads, K]`` float64 stream time (s), nan for prefix text.
+        dense: every slot is valid (known on the host), so positions are simply ``0..K-1``.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: torch.Tensor
     times: torch.Tensor
+    dense: bool = False
 
 
 class AnswerCache:
@@ -47,7 +49,7 @@ class AnswerCache:
     Attributes:
         cursor: host index of the next slot (the same in every layer).
         next_position: ``[L, kv_heads]`` device: position the next token takes in each layer and head.
-        span_low / span_high: ``[L]`` device: the earliest / latest stream time each layer's context holds.
+        times: ``[L, kv_heads, K]`` float64 stream time of each context slot (nan: prefix or empty).
     """
 
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, context_slots: int, room: int,
@@ -59,15 +61,17 @@ class AnswerCache:
         self.values = torch.zeros_like(self.keys)
         self.valid = torch.zeros(num_layers, num_kv_heads, slots, device=device, dtype=torch.bool)
         self.next_position = torch.zeros(num_layers, num_kv_heads, device=device, dtype=torch.long)
-        self.span_low = torch.full((num_layers,), torch.inf, device=device, dtype=torch.float64)
-        self.span_high = torch.full((num_layers,), -torch.inf, device=device, dtype=torch.float64)
+        self.times = torch.full((num_layers, num_kv_heads, context_slots), torch.nan, device=device,
+                                dtype=torch.float64)
         self.cursor = context_slots
         self._cursor = torch.tensor(context_slots, device=device)
         self._slots = torch.arange(slots, device=device)
         self._filled = [False] * num_layers
+        self._dense = [False] * num_layers
         self._rotary = rotary
         self._scale = scale
         self._build = build_context
+        self._step: tuple = (-1, None, None)  # (cursor, slot index of the new tokens, causal mask) of this step
 
     @property
     def slots(self) -> int:
@@ -78,13 +82,16 @@ class AnswerCache:
         if not self._filled[layer]:
             self._fill(layer, self._build(layer, inp))
         n = inp.keys.shape[1]
-        heads = inp.queries.shape[0]
-        positions = self.next_position[layer][:, None] + torch.arange(n, device=inp.keys.device)  # [kv_heads, n]
-        bound = self.slots
-        keys = self._rotary.rotate_positions(inp.keys, positions, bound)
-        group = heads // keys.shape[0]
-        queries = self._rotary.rotate_positions(inp.queries, positions.repeat_interleave(group, dim=0), bound)
-        index = self._cursor + torch.arange(n, device=keys.device)
+        if n > 1 and self._dense[layer]:
+            return self._attend_dense(layer, inp, need_output)
+        heads, kv_heads = inp.queries.shape[0], inp.keys.shape[0]
+        index, causal = self._step_index(n)
+        positions = self.next_position[layer][:, None] + self._slots[:n]  # [kv_heads, n]
+        # queries and keys rotated in one call (query head h sits at its KV head's positions)
+        both = torch.cat([inp.queries, inp.keys])
+        rotated = self._rotary.rotate_positions(
+            both, torch.cat([positions.repeat_interleave(heads // kv_heads, dim=0), positions]), self.slots)
+        queries, keys = rotated[:heads], rotated[heads:]
         self.keys[layer].index_copy_(1, index, keys)
         self.values[layer].index_copy_(1, index, inp.values)
         self.valid[layer].index_fill_(1, index, True)
@@ -92,21 +99,55 @@ class AnswerCache:
         if not need_output:
             return inp.queries.new_empty(0)
         visible = self.valid[layer][:, None, :]
-        if n > 1:  # causal among the new tokens
-            visible = visible & (self._slots[None, :] <= index[:, None])[None]
+        if causal is not None:
+            visible = visible & causal
         return attend_masked(queries, self.keys[layer], self.values[layer], visible, self._scale)
+
+    def _attend_dense(self, layer: int, inp: LayerInput, need_output: bool) -> torch.Tensor:
+        """The question's pass over a context whose every slot is valid: positions are the slots themselves
+        (known on the host), and the question sees all of the context and itself causally."""
+        n, start = inp.keys.shape[1], self.cursor
+        end = start + n
+        self.keys[layer, :, start:end] = self._rotary.rotate(inp.keys, start)
+        self.values[layer, :, start:end] = inp.values
+        self.valid[layer, :, start:end] = True
+        self.next_position[layer] += n
+        if not need_output:
+            return inp.queries.new_empty(0)
+        return attend_causal(self._rotary.rotate(inp.queries, start), self.keys[layer, :, :end],
+                             self.values[layer, :, :end], self._scale)
+
+    def _step_index(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot index ``[n]`` of this step's tokens and, for ``n > 1``, their ``[1, n, S]`` causal mask (shared by
+        every layer of the step)."""
+        if self._step[0] != self.cursor or self._step[1].shape[0] != n:
+            index = self._cursor + self._slots[:n]
+            causal = (self._slots[None, :] <= index[:, None])[None] if n > 1 else None
+            self._step = (self.cursor, index, causal)
+        return self._step[1], self._step[2]
 
     def _fill(self, layer: int, context: Context) -> None:
         k = context.keys.shape[1]
-        positions = (context.valid.long().cumsum(dim=1) - 1).clamp(min=0)
-        self.keys[layer, :, :k] = self._rotary.rotate_positions(context.keys, positions, max(k, 1))
+        if context.dense:
+            self.keys[layer, :, :k] = self._rotary.rotate(context.keys, 0)
+            self.valid[layer, :, :k] = True
+            self.next_position[layer] = k
+        else:
+            positions = (context.valid.long().cumsum(dim=-1) - 1).clamp(min=0)
+            self.keys[layer, :, :k] = self._rotary.rotate_positions(context.keys, positions, max(k, 1))
+            self.valid[layer, :, :k] = context.valid
+            self.next_position[layer] = context.valid.sum(dim=-1)
         self.values[layer, :, :k] = context.values
-        self.valid[layer, :, :k] = context.valid
-        self.next_position[layer] = context.valid.sum(dim=1)
-        times = context.times.masked_fill(~context.valid, torch.nan)
-        self.span_low[layer] = times.nan_to_num(torch.inf).amin()
-        self.span_high[layer] = times.nan_to_num(-torch.inf).amax()
+        self.times[layer, :, :k] = context.times
         self._filled[layer] = True
+        self._dense[layer] = context.dense
+
+    def spans(self) -> tuple[float, float]:
+        """Earliest and latest stream time (s) any layer's valid context holds (a host read; call after the answer)."""
+        k = self.context_slots
+        times = self.times.masked_fill(~self.valid[:, :, :k], torch.nan)
+        low, high = times.nan_to_num(torch.inf).amin(), times.nan_to_num(-torch.inf).amax()
+        return tuple(torch.stack([low, high]).tolist())
 
     def advance(self, n: int) -> None:
         """Move the cursor past ``n`` tokens written in every layer."""

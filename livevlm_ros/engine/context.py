@@ -69,6 +69,12 @@ class ContextPlan:
     def slots(self) -> int:
         return self.total - (self.long_term_end - self.prefix) + self.long_term_slots + self.host_slots
 
+    @property
+    def exact(self) -> bool:
+        """Every slot always holds a token (no short last page, no host padding): positions are ``0..K-1``."""
+        short_page = self.pages_total and (self.long_term_end - self.prefix) % self.page_size
+        return not short_page and not self.host_slots
+
 
 def plan_context(memory: KVMemory, config: EngineConfig, long_term_end: int, retrieves: bool,
                  host_slots: int) -> ContextPlan:
@@ -101,6 +107,7 @@ class ContextBuilder:
         self.window = window
         self.page_means = page_means
         self.own = own
+        self.weights = retrieval.question_weights(own, memory.dtype)
         self.question_positions = question_positions
         self.host_frames = host_frames or []
         self.timer = timer
@@ -108,6 +115,7 @@ class ContextBuilder:
         self.visible = None if window.open else window.contains(memory.timestamp) | (memory.frame_index < 0)
         self._prefix = torch.arange(plan.prefix, device=device)
         self._short = torch.arange(plan.long_term_end, plan.total, device=device)
+        self._page_offsets = torch.arange(config.page_size, device=device)
         self._host_means = memory.host.frame_means() if self.host_frames else None
 
     def visible_frame_tokens(self) -> torch.Tensor:
@@ -125,63 +133,75 @@ class ContextBuilder:
             return self._build(layer, inp)
 
     def _build(self, layer: int, inp: LayerInput) -> Context:
+        """One layer's context. Index tensors are ``[K]`` when every KV head keeps the same tokens (one set per
+        layer), ``[kv_heads, K]`` with ``select_per_head``; gathers follow suit."""
         memory, plan = self.memory, self.plan
-        heads = memory.num_kv_heads
-        long_term, long_valid = self._long_term(layer, inp.queries)
-        index = torch.cat([self._prefix.expand(heads, -1), long_term, self._short.expand(heads, -1)], dim=1)
-        valid = torch.ones(index.shape, dtype=torch.bool, device=memory.device)
-        valid[:, plan.prefix:plan.prefix + long_valid.shape[1]] = long_valid
+        per_head = self.config.select_per_head
+        long_term, exists = self._long_term(layer, inp.queries)
+        lead = long_term.shape[:-1]
+        index = torch.cat([self._prefix.expand(*lead, -1), long_term, self._short.expand(*lead, -1)], dim=-1)
+        if per_head:
+            gather = index[..., None].expand(-1, -1, memory.head_dim)
+            keys, values = memory.keys[layer].gather(1, gather), memory.values[layer].gather(1, gather)
+            times = memory.timestamp[layer].gather(1, index)
+        else:
+            keys, values = memory.keys[layer].index_select(1, index), memory.values[layer].index_select(1, index)
+            times = memory.timestamp[layer, 0].index_select(0, index)
+        valid = None
+        if exists is not None:
+            valid = torch.ones(index.shape, dtype=torch.bool, device=memory.device)
+            valid[..., plan.prefix:plan.prefix + exists.shape[-1]] = exists
         if self.visible is not None:
-            valid &= self.visible[layer].gather(1, index)
-        gather = index[..., None].expand(-1, -1, memory.head_dim)
-        keys = memory.keys[layer].gather(1, gather)
-        values = memory.values[layer].gather(1, gather)
-        times = memory.timestamp[layer].gather(1, index)
+            visible = (self.visible[layer].gather(1, index) if per_head
+                       else self.visible[layer, 0].index_select(0, index))
+            valid = visible if valid is None else valid & visible
+        dense = valid is None and not plan.host_slots
+        if valid is None:
+            valid = torch.ones(index.shape, dtype=torch.bool, device=memory.device)
         if plan.host_slots:
             keys, values, valid, times = self._with_host_frames(layer, inp.queries, keys, values, valid, times)
-        return Context(keys, values, valid, times)
+        return Context(keys, values, valid, times, dense=dense)
 
-    def _long_term(self, layer: int, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[kv_heads, slots]`` memory indices of the long-term tokens this layer uses, and which exist."""
+    def _long_term(self, layer: int, queries: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Memory indices (``[slots]`` or ``[kv_heads, slots]``) of the long-term tokens this layer uses, and which
+        of them exist (``None``: all)."""
         memory, plan, cfg = self.memory, self.plan, self.config
         heads, device = memory.num_kv_heads, memory.device
         n = plan.long_term_end - plan.prefix
         if not plan.pages_total:
-            offsets = torch.arange(n, device=device).expand(heads, -1)
-            return plan.prefix + offsets, torch.ones(offsets.shape, dtype=torch.bool, device=device)
+            offsets = torch.arange(plan.prefix, plan.long_term_end, device=device)
+            return (offsets.expand(heads, -1) if cfg.select_per_head else offsets), None
         if cfg.retrieval == "par-pe":  # ablation: queries rotated at the question's stream positions
             queries = self.rotary.rotate_at(queries, self.question_positions.expand(queries.shape[0], -1))
-        pooled = retrieval.pooled_query(queries, heads, self.own)
+        pooled = retrieval.pooled_query(queries, heads, self.weights)
         scores = retrieval.score_groups(pooled, self.page_means[layer], per_head=cfg.select_per_head)
         if self.visible is not None:
             lanes = self.visible[layer, :, plan.prefix:plan.long_term_end]
             usable = retrieval.pages_with_visible_tokens(lanes if cfg.select_per_head else lanes[0], cfg.page_size)
             scores = scores.masked_fill(~usable, -torch.inf)
         chosen = retrieval.top_groups(scores, count=plan.pages_kept)
-        offsets, exists = retrieval.tokens_of_pages(chosen, cfg.page_size, n)
-        if offsets.dim() == 1:
-            offsets, exists = offsets.expand(heads, -1), exists.expand(heads, -1)
-        return plan.prefix + offsets, exists
+        offsets, exists = retrieval.tokens_of_pages(chosen, cfg.page_size, n, self._page_offsets)
+        return plan.prefix + offsets, (None if plan.exact else exists)
 
     def _with_host_frames(self, layer, queries, keys, values, valid, times):
         """Insert the best offloaded frames (ReKV-style) after the prefix, padded to ``plan.host_slots``."""
         memory, plan = self.memory, self.plan
         heads, device = memory.num_kv_heads, memory.device
-        slots = self.plan.host_slots
+        slots, lead = plan.host_slots, valid.shape[:-1]
         host_keys = keys.new_zeros(heads, slots, memory.head_dim)
         host_values = torch.zeros_like(host_keys)
-        host_valid = torch.zeros(heads, slots, dtype=torch.bool, device=device)
-        host_times = torch.full((heads, slots), torch.nan, dtype=torch.float64, device=device)
+        host_valid = torch.zeros(*lead, slots, dtype=torch.bool, device=device)
+        host_times = torch.full((*lead, slots), torch.nan, dtype=torch.float64, device=device)
         if self.host_frames:
             means = self._host_means[layer][:, self.host_frames]
-            scores = retrieval.score_groups(retrieval.pooled_query(queries, heads, self.own), means)
+            scores = retrieval.score_groups(retrieval.pooled_query(queries, heads, self.weights), means)
             best = retrieval.top_groups(scores, count=min(self.config.rekv_frames, len(self.host_frames)))
             chosen = [self.host_frames[i] for i in best.tolist()]  # host read: the frames live in host RAM
             k, v, t = memory.host.gather(layer, chosen)
             m = k.shape[1]
-            host_keys[:, :m], host_values[:, :m], host_valid[:, :m], host_times[:, :m] = k, v, True, t
+            host_keys[:, :m], host_values[:, :m], host_valid[..., :m], host_times[..., :m] = k, v, True, t
         p = plan.prefix
         return (torch.cat([keys[:, :p], host_keys, keys[:, p:]], dim=1),
                 torch.cat([values[:, :p], host_values, values[:, p:]], dim=1),
-                torch.cat([valid[:, :p], host_valid, valid[:, p:]], dim=1),
-                torch.cat([times[:, :p], host_times, times[:, p:]], dim=1))
+                torch.cat([valid[..., :p], host_valid, valid[..., p:]], dim=-1),
+                torch.cat([times[..., :p], host_times, times[..., p:]], dim=-1))

@@ -25,8 +25,10 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 #: Query rows per SDPA call when a clip attends on the CPU (bounds the mask at block x T booleans).
 CPU_QUERY_BLOCK = 256
-#: Observation rows scored per block (bounds the fp32 softmax at heads x block x T).
+#: Observation rows scored per block, and the most fp32 logits one scoring block may hold
+#: (2**24 = 64 MiB): the softmax never materialises more, whatever the memory size.
 SCORE_ROW_BLOCK = 128
+SCORE_BLOCK_ELEMENTS = 2**24
 
 
 class RotaryTable:
@@ -189,33 +191,39 @@ def observation_scores(queries: torch.Tensor, keys: torch.Tensor, scale: float, 
                        ) -> torch.Tensor:
     """VSB importance of every key: attention it receives from the ``r`` newest tokens.
 
-    Only the ``r x T`` block is computed, in the model's dtype with an fp32 softmax, ``SCORE_ROW_BLOCK``
-    rows at a time. The ``r`` observation tokens are the last ``r`` of the ``T`` keys' tokens,
-    causal among themselves.
+    Only the ``r x T`` block is computed, in the model's dtype with an fp32 softmax, in blocks of at
+    most :data:`SCORE_BLOCK_ELEMENTS` logits (rows and layers at a time). The ``r`` observation tokens
+    are the last ``r`` of the ``T`` keys' tokens, causal among themselves.
 
     Args:
-        queries: ``[heads, r, d]`` rotated queries of the observation tokens.
-        keys: ``[kv_heads, T, d]`` rotated keys of everything they may see.
+        queries: ``[..., heads, r, d]`` rotated queries of the observation tokens (e.g. ``[layers, ...]``).
+        keys: ``[..., kv_heads, T, d]`` rotated keys of everything they may see.
         reduce_heads: ``mean`` or ``max`` over the query heads of each KV group.
     Returns:
-        ``[kv_heads, T]`` float32: softmax attention averaged over the ``r`` rows, then reduced over the
+        ``[..., kv_heads, T]`` float32: softmax attention averaged over the ``r`` rows, then reduced over the
         query heads of each KV group.
     """
-    heads, r, d = queries.shape
-    kv_heads, total, _ = keys.shape
+    *lead, heads, r, d = queries.shape
+    kv_heads, total = keys.shape[-3], keys.shape[-2]
     group = heads // kv_heads
-    grouped = queries.reshape(kv_heads, group, r, d)
-    sums = torch.zeros(kv_heads, group, total, device=keys.device, dtype=torch.float32)
-    for first in range(0, r, SCORE_ROW_BLOCK):
-        last = min(r, first + SCORE_ROW_BLOCK)
-        logits = torch.einsum("hgqd,htd->hgqt", grouped[:, :, first:last], keys).float() * scale
-        # only the last r keys can be in an observation token's future: mask that block's r x r part
-        rows = torch.arange(first, last, device=keys.device)[:, None]
-        future = torch.arange(r, device=keys.device)[None, :] > rows
-        logits[..., total - r:].masked_fill_(future, float("-inf"))
-        sums += logits.softmax(dim=-1).sum(dim=2)
+    grouped = queries.reshape(-1, kv_heads, group, r, d)
+    keys = keys.reshape(-1, kv_heads, total, d)
+    layers = grouped.shape[0]
+    rows = min(r, SCORE_ROW_BLOCK)
+    layer_block = max(1, SCORE_BLOCK_ELEMENTS // (heads * rows * total))
+    sums = torch.zeros(layers, kv_heads, group, total, device=keys.device, dtype=torch.float32)
+    for first_layer in range(0, layers, layer_block):
+        lay = slice(first_layer, first_layer + layer_block)
+        for first in range(0, r, rows):
+            last = min(r, first + rows)
+            logits = torch.einsum("lhgqd,lhtd->lhgqt", grouped[lay, :, :, first:last], keys[lay]).float() * scale
+            # only the last r keys can be in an observation token's future: mask that block's r x r part
+            future = torch.arange(r, device=keys.device)[None, :] > torch.arange(first, last, device=keys.device)[:, None]
+            logits[..., total - r:].masked_fill_(future, float("-inf"))
+            sums[lay] += logits.softmax(dim=-1).sum(dim=3)
     per_head = sums / r
-    return per_head.amax(dim=1) if reduce_heads == "max" else per_head.mean(dim=1)
+    reduced = per_head.amax(dim=2) if reduce_heads == "max" else per_head.mean(dim=2)
+    return reduced.reshape(*lead, kv_heads, total)
 
 
 def logits_of(final_norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

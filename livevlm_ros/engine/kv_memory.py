@@ -172,6 +172,10 @@ class KVMemory:
         """``(rotated keys, values)`` ``[H, end, d]`` of one layer, including tokens written but not committed."""
         return self._rotated[layer, :, :end], self._buf["values"][layer, :, :end]
 
+    def rotated_through(self, end: int) -> torch.Tensor:
+        """``[L, H, end, d]`` rotated keys of every layer, including tokens written but not committed."""
+        return self._rotated[:, :, :end]
+
     # ------------------------------------------------------------------ writes
     def write_layer(self, layer: int, keys: torch.Tensor, values: torch.Tensor, rotated: torch.Tensor) -> None:
         """Write one layer's ``n`` new tokens (``[H, n, d]`` each) after the memory; :meth:`commit` makes them count."""

@@ -25,8 +25,8 @@ class MemoryPrefill:
         reduce_heads: ``mean`` or ``max`` over the query heads of each KV group.
         timer: a :class:`~livevlm_ros.engine.timing.StageTimer` (the ``score`` section), or none.
 
-    Attributes:
-        scores: after the pass, ``[L, kv_heads, T + n]`` float32 importance of every token, or None.
+    Observation queries are kept per layer and scored for every layer in one batched call afterwards
+    (:meth:`scores`), which costs a fraction of the kernel launches of scoring layer by layer.
     """
 
     def __init__(self, memory: KVMemory, rotary: RotaryTable, scale: float, observe: int = 0,
@@ -38,19 +38,22 @@ class MemoryPrefill:
         self.reduce_heads = reduce_heads
         self.timer = timer
         self.start = memory.length
-        self._scores: list[torch.Tensor] = []
+        self._observers: list[torch.Tensor] = []
 
     def attend(self, layer: int, inp: LayerInput, need_output: bool = True) -> Optional[torch.Tensor]:
-        n = inp.keys.shape[1]
+        n = self._new_tokens = inp.keys.shape[1]
         queries = self.rotary.rotate(inp.queries, self.start)
         self.memory.write_layer(layer, inp.keys, inp.values, self.rotary.rotate(inp.keys, self.start))
         keys, values = self.memory.layer_through(layer, self.start + n)
         if self.observe:
-            with self.timer.section("score"):
-                self._scores.append(observation_scores(queries[:, -self.observe:], keys, self.scale,
-                                                       self.reduce_heads))
+            self._observers.append(queries[:, -self.observe:])
         return attend_causal(queries, keys, values, self.scale) if need_output else None
 
-    @property
     def scores(self) -> Optional[torch.Tensor]:
-        return torch.stack(self._scores) if self._scores else None
+        """``[L, kv_heads, T + n]`` float32 importance of every token, scored for all layers at once (after the
+        pass, before the memory changes), or None when nothing was observed."""
+        if not self._observers:
+            return None
+        with self.timer.section("score"):
+            keys = self.memory.rotated_through(self.start + self._new_tokens)
+            return observation_scores(torch.stack(self._observers), keys, self.scale, self.reduce_heads)

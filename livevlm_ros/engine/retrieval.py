@@ -57,38 +57,50 @@ def pages_with_visible_tokens(visible: torch.Tensor, page_size: int) -> torch.Te
     return padded.view(*lead, pages, page_size).any(dim=-1)
 
 
-def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int,
+                    offsets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token offsets of ``pages`` (``[..., k]`` ascending page ids), and which of them exist.
 
+    Args:
+        offsets: ``arange(page_size)`` on the pages' device, if the caller keeps one.
     Returns:
         ``(offsets, exists)``, both ``[..., k * page_size]``: offsets clamped into ``[0, n_tokens)``
         (so they can be gathered), ``exists`` False for the missing tail of a short last page.
     """
-    offsets = (pages[..., :, None] * page_size + torch.arange(page_size, device=pages.device)).flatten(-2)
-    return offsets.clamp(max=n_tokens - 1), offsets < n_tokens
+    within = torch.arange(page_size, device=pages.device) if offsets is None else offsets
+    tokens = (pages[..., :, None] * page_size + within).flatten(-2)
+    return tokens.clamp(max=n_tokens - 1), tokens < n_tokens
 
 
-def pooled_query(queries: torch.Tensor, num_kv_heads: int, own: Optional[torch.Tensor] = None) -> torch.Tensor:
+def question_weights(own: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[q]`` pooling weights (in ``dtype``): uniform over the question's own tokens (``own`` ``[q]`` bool), 0 elsewhere."""
+    weights = own.float()
+    return (weights / weights.sum().clamp(min=1.0)).to(dtype)
+
+
+def pooled_query(queries: torch.Tensor, num_kv_heads: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean of the question's queries over its own tokens and over the query heads of each KV group.
 
     Args:
         queries: ``[heads, q, head_dim]`` (pre-RoPE, or rotated for the PE ablation).
-        own: ``[q]`` bool: the question's own tokens (``None``: all ``q``).
+        weights: ``[q]`` pooling weights summing to 1, in the queries' dtype (see :func:`question_weights`);
+            ``None``: all ``q`` tokens.
     Returns:
         ``[kv_heads, head_dim]`` float32; its dot product with a group mean, averaged over KV heads,
         equals the mean over the pooled query heads and tokens of ``q . mean_key`` (linearity).
     """
     heads, q, dim = queries.shape
-    grouped = queries.float().reshape(num_kv_heads, heads // num_kv_heads, q, dim)
-    if own is None:
-        return grouped.mean(dim=(1, 2))
-    weights = own.float() / own.float().sum().clamp(min=1.0)
-    return torch.einsum("hgqd,q->hd", grouped, weights) / grouped.shape[1]
+    pooled = queries.mean(dim=1) if weights is None else torch.matmul(weights, queries)  # [heads, dim]
+    return pooled.float().reshape(num_kv_heads, heads // num_kv_heads, dim).mean(dim=1)
 
 
 def score_groups(pooled: torch.Tensor, means: torch.Tensor, per_head: bool = False) -> torch.Tensor:
-    """Score of each group: ``pooled . mean`` per KV head (``[kv_heads, groups]``) or its mean over heads (``[groups]``)."""
-    scores = torch.einsum("hd,hgd->hg", pooled, means)
+    """Score of each group: ``pooled . mean`` per KV head (``[kv_heads, groups]``) or its mean over heads (``[groups]``).
+
+    Args:
+        pooled: ``[kv_heads, d]`` float32. means: ``[kv_heads, groups, d]`` float32.
+    """
+    scores = torch.matmul(means, pooled[:, :, None])[..., 0]
     return scores if per_head else scores.mean(dim=0)
 
 

@@ -217,8 +217,9 @@ class LiveVLMStream:
             generate.forward(self.model, embeds, prefill, need_output=False)
         memory.commit(frame_index, stamps, vision, frame_tokens=list(zip(range(first, first + len(frames)), counts)))
         self._frames_ingested += len(frames)
-        if prefill.scores is not None:
-            memory.add_importance(memory.prefix_len, prefill.scores[:, :, memory.prefix_len:], cfg.score_decay)
+        scores = prefill.scores()
+        if scores is not None:
+            memory.add_importance(memory.prefix_len, scores[:, :, memory.prefix_len:], cfg.score_decay)
         self._compress()
         if cfg.retrieval != "none" and not self.policy.evicts_to_host:
             with self.timer.section("page_means"):
@@ -464,7 +465,7 @@ class LiveVLMStream:
     def _result(self, request: AskRequest, cache: AnswerCache, plan: ContextPlan, answer: str,
                 decoded: generate.Decoded, started: float) -> AskResult:
         total = time.perf_counter() - started
-        low, high = float(cache.span_low.min()), float(cache.span_high.max())
+        low, high = cache.spans()
         context_tokens = float(cache.valid[:, :, : plan.slots].sum(dim=2)[:, 0].double().mean())
         self._rotary.note(int(cache.next_position.max()) - 1)
         has_span = low <= high
