@@ -123,3 +123,19 @@ def test_text_proxy_scoring_takes_the_first_colour_word():
     assert text_proxy.is_correct("The van was red, not blue", "red")
     assert not text_proxy.is_correct("The van was blue, not red", "red")
     assert not text_proxy.is_correct("I do not know", "red")
+
+
+def test_attention_memory_measures_both_paths_and_the_engine_needs_less():
+    """The clip-prefill memory probe at small shapes: the dense-mask path materialises an n x T mask and
+    fp32 copies; the engine's path does not."""
+    import torch
+
+    from livevlm_ros.bench.attention_memory import LayerShapes, markdown, measure
+
+    shapes = LayerShapes(heads=8, kv_heads=2, head_dim=32, memory_tokens=6000, clip_tokens=1024,
+                         observation_tokens=128)
+    row = measure(shapes, dtype=torch.float32)
+    peak = row["peak_extra_mib"]
+    assert set(peak) == {"dense-mask", "engine"}
+    assert 0 <= peak["engine"] < peak["dense-mask"]
+    assert "dense-mask path" in markdown([row])

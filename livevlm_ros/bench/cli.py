@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-only", action="store_true", help="only the text-proxy fidelity check")
     p.add_argument("--fidelity-seeds", type=int, help="caption streams (default 24, 3 with --quick)")
     p.add_argument("--fidelity-budgets", nargs="+", type=int, help="budgets in tokens (default 128 256)")
+    p.add_argument("--attention-memory", action="store_true",
+                   help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
+                        "(the dense-mask path against the engine's; CPU, fp32 and bf16)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -256,6 +259,8 @@ def main(argv=None) -> int:
 
         save_tokenizer(args.save_tokenizer)
         return 0
+    if args.attention_memory:
+        return attention_memory(args.out)
     threads_before = torch.get_num_threads()
     threads = args.threads or _defaults(args).threads
     if threads:
@@ -264,6 +269,20 @@ def main(argv=None) -> int:
         run(args, argv)
     finally:
         torch.set_num_threads(threads_before)
+    return 0
+
+
+def attention_memory(out_dir: str) -> int:
+    """``attention_memory.json`` / ``.md`` in ``out_dir`` (see :mod:`.attention_memory`)."""
+    from . import attention_memory as am
+
+    rows = [am.measure(dtype=dtype) for dtype in (torch.float32, torch.bfloat16)]
+    os.makedirs(out_dir, exist_ok=True)
+    report.save_json(os.path.join(out_dir, "attention_memory.json"), rows)
+    table = am.markdown(rows)
+    with open(os.path.join(out_dir, "attention_memory.md"), "w", encoding="utf-8") as handle:
+        handle.write(table + "\n")
+    print(table)
     return 0
 
 

@@ -25,10 +25,10 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 #: Query rows per SDPA call when a clip attends on the CPU (bounds the mask at block x T booleans).
 CPU_QUERY_BLOCK = 256
-#: Observation rows scored per block, and the most fp32 logits one scoring block may hold
-#: (2**24 = 64 MiB): the softmax never materialises more, whatever the memory size.
+#: Observation rows scored per block at most, and the most fp32 logits one scoring block may hold
+#: (2**22 = 16 MiB): the softmax never materialises more, whatever the memory size.
 SCORE_ROW_BLOCK = 128
-SCORE_BLOCK_ELEMENTS = 2**24
+SCORE_BLOCK_ELEMENTS = 2**22
 
 
 class RotaryTable:
@@ -209,7 +209,7 @@ def observation_scores(queries: torch.Tensor, keys: torch.Tensor, scale: float, 
     grouped = queries.reshape(-1, kv_heads, group, r, d)
     keys = keys.reshape(-1, kv_heads, total, d)
     layers = grouped.shape[0]
-    rows = min(r, SCORE_ROW_BLOCK)
+    rows = max(1, min(r, SCORE_ROW_BLOCK, SCORE_BLOCK_ELEMENTS // (heads * total)))
     layer_block = max(1, SCORE_BLOCK_ELEMENTS // (heads * rows * total))
     sums = torch.zeros(layers, kv_heads, group, total, device=keys.device, dtype=torch.float32)
     for first_layer in range(0, layers, layer_block):
