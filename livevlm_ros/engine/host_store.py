@@ -117,6 +117,32 @@ class HostStore:
         return torch.tensor([t for t, s, e in zip(self.frame_times, self.frame_start, self.frame_end)
                              for _ in range(e - s)], dtype=torch.float64)
 
+    def state(self) -> tuple[dict, dict]:
+        """``(tensors, meta)`` of what the store holds (for a checkpoint)."""
+        n, frames = self.length, len(self.frame_ids)
+        tensors = {"host.keys": self._keys[:, :, :n].clone(), "host.values": self._values[:, :, :n].clone(),
+                   "host.position": self._positions[:n].clone(),
+                   "host.mean_sums": self._mean_sums[:, :, :frames].cpu().clone()}
+        meta = {"length": n, "frame_ids": self.frame_ids, "frame_times": self.frame_times,
+                "frame_start": self.frame_start, "frame_end": self.frame_end}
+        return tensors, meta
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        """Replace the store's content by a :meth:`state`."""
+        n = int(meta["length"])
+        if n > self._capacity:
+            self._grow(n)
+        self._keys[:, :, :n] = tensors["host.keys"].to(self.dtype)
+        self._values[:, :, :n] = tensors["host.values"].to(self.dtype)
+        self._positions[:n] = tensors["host.position"]
+        self.frame_ids, self.frame_times = list(meta["frame_ids"]), list(meta["frame_times"])
+        self.frame_start, self.frame_end = list(meta["frame_start"]), list(meta["frame_end"])
+        sums = tensors["host.mean_sums"].to(self.device)
+        self._mean_sums = torch.zeros(*self.shape[:2], max(1, sums.shape[2]), self.shape[2], device=self.device,
+                                      dtype=torch.float32)
+        self._mean_sums[:, :, : sums.shape[2]] = sums
+        self.length = n
+
     def clear(self) -> None:
         self.length = 0
         self._mean_sums.zero_()

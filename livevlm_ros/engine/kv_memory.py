@@ -256,6 +256,40 @@ class KVMemory:
         self.host.append(b["keys"][:, :, index], b["values"][:, :, index], b["frame"][0, 0, index],
                          b["time"][0, 0, index], b["position"][0, 0, index])
 
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> tuple[dict, dict]:
+        """``(tensors, meta)``: CPU copies of every token's fields and the host counters (for a checkpoint)."""
+        tensors = {f"memory.{name}": tensor[:, :, : self.length].cpu().clone() for name, tensor in self._buf.items()}
+        meta = {"length": self.length, "prefix_len": self.prefix_len, "stream_tokens": self.stream_tokens,
+                "recent": [list(item) for item in self._recent]}
+        if self.host is not None:
+            host_tensors, host_meta = self.host.state()
+            tensors.update(host_tensors)
+            meta["host"] = host_meta
+        return tensors, meta
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        """Replace the memory by a :meth:`state` (the rotated keys are recomputed, bit for bit)."""
+        length = int(meta["length"])
+        self.reserve(length)
+        for name, buffer in self._buf.items():
+            source = tensors[f"memory.{name}"]
+            expected = (self.num_layers, self.num_kv_heads, length) + tuple(buffer.shape[3:])
+            if tuple(source.shape) != expected:
+                raise ValueError(f"memory.{name} has shape {tuple(source.shape)}, expected {expected}")
+            buffer[:, :, :length] = source.to(device=self.device, dtype=buffer.dtype)
+        self.length = length
+        self.prefix_len = int(meta["prefix_len"])
+        self.stream_tokens = int(meta["stream_tokens"])
+        self._recent.clear()
+        self._recent.extend(tuple(item) for item in meta["recent"])
+        self._rotated[:, :, :length] = self.rotary.rotate(self._buf["keys"][:, :, :length], 0)
+        if self.host is not None:
+            self.host.clear()
+            if "host" in meta:
+                self.host.load_state(tensors, meta["host"])
+        self.version += 1
+
     def clear(self) -> None:
         """Forget every frame token and the stream counters; keep the prefix."""
         self.length = self.prefix_len

@@ -62,6 +62,13 @@ class MemoryPolicy:
         """``[G, n]`` ranking of the region's tokens, lower survives first."""
         raise NotImplementedError
 
+    def state(self) -> dict:
+        """Tensors a checkpoint must carry for the policy to continue exactly (none by default)."""
+        return {}
+
+    def load_state(self, tensors: dict, device: torch.device) -> None:
+        """Restore what :meth:`state` returned."""
+
     def select(self, region: Region, budget: int) -> torch.Tensor:
         """``[G, min(budget, n)]`` ascending offsets of the survivors of each lane."""
         if self.config.keep_unit == "frame" and region.scores is not None:
@@ -120,11 +127,21 @@ class RandomKeeping(MemoryPolicy):
         super().__init__(config)
         self._generator: Optional[torch.Generator] = None
 
-    def priority(self, region: Region, budget: int) -> torch.Tensor:
-        device = region.position.device
+    def _generator_on(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
             self._generator = torch.Generator(device=device).manual_seed(self.config.seed)
-        return torch.rand(region.shape, generator=self._generator, device=device)
+        return self._generator
+
+    def priority(self, region: Region, budget: int) -> torch.Tensor:
+        device = region.position.device
+        return torch.rand(region.shape, generator=self._generator_on(device), device=device)
+
+    def state(self) -> dict:
+        return {} if self._generator is None else {"policy.generator": self._generator.get_state()}
+
+    def load_state(self, tensors: dict, device: torch.device) -> None:
+        if "policy.generator" in tensors:
+            self._generator_on(device).set_state(tensors["policy.generator"])
 
 
 @register

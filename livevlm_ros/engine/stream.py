@@ -35,6 +35,7 @@ from .decoder import RotaryTable
 from .errors import ConfigError, EmptyMemoryError, InvalidFrameError, InvalidQuestionError, TimestampError
 from .kv_memory import KVMemory, MemoryLayout, time_coverage
 from .models.base import FrameEmbedding, VideoLLM, check_frame
+from .persistence import FORMAT_VERSION, MemoryCheckpoint, check_compatible, config_fingerprint, model_fingerprint
 from .policies import Region, make_policy
 from .prefill import MemoryPrefill
 from .question import AskRequest
@@ -494,6 +495,62 @@ class LiveVLMStream:
         self._frames_ingested = 0
         self._first_time = self._last_time = None
         self._page_means = None
+
+    def checkpoint(self) -> MemoryCheckpoint:
+        """The memory as a :class:`MemoryCheckpoint` (CPU copies; pending frames are prefilled first).
+
+        Costs at most one clip's prefill plus a device-to-host copy of the memory; writing it to disk
+        (:func:`~livevlm_ros.engine.persistence.save_checkpoint`) needs no access to the stream.
+        """
+        self.flush()
+        with torch.inference_mode():
+            tensors, memory_meta = self._memory.state()
+        tensors.update(self.policy.state())
+        times = self._memory.timestamp[:, 0][self._memory.frame_index[:, 0] >= 0]
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.name,
+            "model_fingerprint": model_fingerprint(self.model),
+            "config_fingerprint": config_fingerprint(self.config),
+            "memory": memory_meta,
+            "frames_ingested": self._frames_ingested,
+            "first_time": self._first_time,
+            "last_time": self._last_time,
+            "max_position_used": self._rotary.max_position_used,
+            "summary": {
+                "frames_ingested": self._frames_ingested,
+                "memory_tokens": self._memory.length,
+                "oldest_time": float(times.min()) if times.numel() else None,
+                "newest_time": float(times.max()) if times.numel() else None,
+            },
+        }
+        return MemoryCheckpoint(tensors, meta)
+
+    def restore(self, checkpoint: MemoryCheckpoint) -> None:
+        """Replace this stream's memory by ``checkpoint`` (taken with the same model and config).
+
+        Afterwards a question gets the same first-token logits and answer as before the checkpoint,
+        and new frames continue its timeline (a frame stamped before its last stamp is refused as usual).
+
+        Raises:
+            CheckpointError: another model or engine configuration, or tensors of the wrong shape; the
+                stream is then reset (empty memory), never half-restored.
+        """
+        from .persistence import CheckpointError
+
+        check_compatible(checkpoint, self.model, self.config)
+        meta = checkpoint.meta
+        self.reset()
+        try:
+            with torch.inference_mode():
+                self._memory.load_state(checkpoint.tensors, meta["memory"])
+                self.policy.load_state(checkpoint.tensors, self._memory.device)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            self.reset()
+            raise CheckpointError(f"checkpoint does not fit this stream's memory: {exc}") from exc
+        self._frames_ingested = int(meta["frames_ingested"])
+        self._first_time, self._last_time = meta["first_time"], meta["last_time"]
+        self._rotary.max_position_used = max(self._rotary.max_position_used, int(meta["max_position_used"]))
 
     @property
     def pending_frames(self) -> int:
