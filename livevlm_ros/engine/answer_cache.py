@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .decoder import LayerInput, RotaryTable, attend_causal, attend_masked
+from .decoder import LayerInput, RotaryTable, attend_causal, attend_masked, expand_kv
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Context:
     Attributes:
         keys / values: ``[kv_heads, K, d]``. valid: ``[kv_heads, K]`` bool (False: padding or outside
             the time window). times: ``[kv_heads, K]`` float64 stream time (s), nan for prefix text.
+        frames: ``[kv_heads, K]`` or ``[K]`` int64 frame index of each slot (-1: prefix text or padding).
         dense: every slot is valid (known on the host), so positions are simply ``0..K-1``.
     """
 
@@ -35,6 +36,7 @@ class Context:
     values: torch.Tensor
     valid: torch.Tensor
     times: torch.Tensor
+    frames: torch.Tensor
     dense: bool = False
 
 
@@ -50,11 +52,14 @@ class AnswerCache:
         cursor: host index of the next slot (the same in every layer).
         next_position: ``[L, kv_heads]`` device: position the next token takes in each layer and head.
         times: ``[L, kv_heads, K]`` float64 stream time of each context slot (nan: prefix or empty).
+        frames: ``[L, kv_heads, K]`` int64 frame index of each context slot (-1: prefix or empty).
+        mass: ``[L, K]`` float32 attention the last prompt token (the one whose output is the first answer
+            token's logits) paid to each context slot, mean over heads; only with ``evidence=True``.
     """
 
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, context_slots: int, room: int,
                  device: torch.device, dtype: torch.dtype, rotary: RotaryTable, scale: float,
-                 build_context: Callable[[int, LayerInput], Context]) -> None:
+                 build_context: Callable[[int, LayerInput], Context], evidence: bool = False) -> None:
         slots = context_slots + room
         self.context_slots = context_slots
         self.keys = torch.zeros(num_layers, num_kv_heads, slots, head_dim, device=device, dtype=dtype)
@@ -63,6 +68,8 @@ class AnswerCache:
         self.next_position = torch.zeros(num_layers, num_kv_heads, device=device, dtype=torch.long)
         self.times = torch.full((num_layers, num_kv_heads, context_slots), torch.nan, device=device,
                                 dtype=torch.float64)
+        self.frames = torch.full((num_layers, num_kv_heads, context_slots), -1, device=device, dtype=torch.long)
+        self.mass = torch.zeros(num_layers, context_slots, device=device) if evidence else None
         self.cursor = context_slots
         self._cursor = torch.tensor(context_slots, device=device)
         self._slots = torch.arange(slots, device=device)
@@ -101,6 +108,8 @@ class AnswerCache:
         visible = self.valid[layer][:, None, :]
         if causal is not None:
             visible = visible & causal
+        if self.mass is not None and self.cursor == self.context_slots:  # the question pass
+            self._note_mass(layer, queries[:, -1:], self.keys[layer], visible[:, -1])
         return attend_masked(queries, self.keys[layer], self.values[layer], visible, self._scale)
 
     def _attend_dense(self, layer: int, inp: LayerInput, need_output: bool) -> torch.Tensor:
@@ -114,8 +123,20 @@ class AnswerCache:
         self.next_position[layer] += n
         if not need_output:
             return inp.queries.new_empty(0)
-        return attend_causal(self._rotary.rotate(inp.queries, start), self.keys[layer, :, :end],
-                             self.values[layer, :, :end], self._scale)
+        queries = self._rotary.rotate(inp.queries, start)
+        if self.mass is not None:
+            self._note_mass(layer, queries[:, -1:], self.keys[layer, :, :end], None)
+        return attend_causal(queries, self.keys[layer, :, :end], self.values[layer, :, :end], self._scale)
+
+    def _note_mass(self, layer: int, last_query: torch.Tensor, keys: torch.Tensor,
+                   visible: torch.Tensor | None) -> None:
+        """Attention of the last prompt token over the context slots (mean over heads) into :attr:`mass`."""
+        heads = last_query.shape[0]
+        logits = torch.matmul(last_query, expand_kv(keys, heads).transpose(1, 2))[:, 0].float() * self._scale
+        if visible is not None:
+            logits = logits.masked_fill(~visible.repeat_interleave(heads // visible.shape[0], dim=0), -torch.inf)
+        weights = logits.softmax(dim=-1).mean(dim=0)
+        self.mass[layer] = weights[: self.context_slots]
 
     def _step_index(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Slot index ``[n]`` of this step's tokens and, for ``n > 1``, their ``[1, n, S]`` causal mask (shared by
@@ -139,6 +160,7 @@ class AnswerCache:
             self.next_position[layer] = context.valid.sum(dim=-1)
         self.values[layer, :, :k] = context.values
         self.times[layer, :, :k] = context.times
+        self.frames[layer, :, :k] = context.frames.masked_fill(~context.valid, -1)
         self._filled[layer] = True
         self._dense[layer] = context.dense
 

@@ -143,10 +143,11 @@ class ContextBuilder:
         if per_head:
             gather = index[..., None].expand(-1, -1, memory.head_dim)
             keys, values = memory.keys[layer].gather(1, gather), memory.values[layer].gather(1, gather)
-            times = memory.timestamp[layer].gather(1, index)
+            times, frames = memory.timestamp[layer].gather(1, index), memory.frame_index[layer].gather(1, index)
         else:
             keys, values = memory.keys[layer].index_select(1, index), memory.values[layer].index_select(1, index)
             times = memory.timestamp[layer, 0].index_select(0, index)
+            frames = memory.frame_index[layer, 0].index_select(0, index)
         valid = None
         if exists is not None:
             valid = torch.ones(index.shape, dtype=torch.bool, device=memory.device)
@@ -159,8 +160,9 @@ class ContextBuilder:
         if valid is None:
             valid = torch.ones(index.shape, dtype=torch.bool, device=memory.device)
         if plan.host_slots:
-            keys, values, valid, times = self._with_host_frames(layer, inp.queries, keys, values, valid, times)
-        return Context(keys, values, valid, times, dense=dense)
+            keys, values, valid, times, frames = self._with_host_frames(layer, inp.queries, keys, values, valid,
+                                                                        times, frames)
+        return Context(keys, values, valid, times, frames, dense=dense)
 
     def _long_term(self, layer: int, queries: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Memory indices (``[slots]`` or ``[kv_heads, slots]``) of the long-term tokens this layer uses, and which
@@ -183,7 +185,7 @@ class ContextBuilder:
         offsets, exists = retrieval.tokens_of_pages(chosen, cfg.page_size, n, self._page_offsets)
         return plan.prefix + offsets, (None if plan.exact else exists)
 
-    def _with_host_frames(self, layer, queries, keys, values, valid, times):
+    def _with_host_frames(self, layer, queries, keys, values, valid, times, frames):
         """Insert the best offloaded frames (ReKV-style) after the prefix, padded to ``plan.host_slots``."""
         memory, plan = self.memory, self.plan
         heads, device = memory.num_kv_heads, memory.device
@@ -192,6 +194,7 @@ class ContextBuilder:
         host_values = torch.zeros_like(host_keys)
         host_valid = torch.zeros(*lead, slots, dtype=torch.bool, device=device)
         host_times = torch.full((*lead, slots), torch.nan, dtype=torch.float64, device=device)
+        host_frames = torch.full((*lead, slots), -1, dtype=torch.long, device=device)
         if self.host_frames:
             means = self._host_means[layer][:, self.host_frames]
             scores = retrieval.score_groups(retrieval.pooled_query(queries, heads, self.weights), means)
@@ -200,8 +203,12 @@ class ContextBuilder:
             k, v, t = memory.host.gather(layer, chosen)
             m = k.shape[1]
             host_keys[:, :m], host_values[:, :m], host_valid[..., :m], host_times[..., :m] = k, v, True, t
+            ids = [memory.host.frame_ids[c] for c in chosen for _ in range(memory.host.frame_end[c]
+                                                                          - memory.host.frame_start[c])]
+            host_frames[..., :m] = torch.tensor(ids, device=device)
         p = plan.prefix
         return (torch.cat([keys[:, :p], host_keys, keys[:, p:]], dim=1),
                 torch.cat([values[:, :p], host_values, values[:, p:]], dim=1),
                 torch.cat([valid[..., :p], host_valid, valid[..., p:]], dim=-1),
-                torch.cat([times[..., :p], host_times, times[..., p:]], dim=-1))
+                torch.cat([times[..., :p], host_times, times[..., p:]], dim=-1),
+                torch.cat([frames[..., :p], host_frames, frames[..., p:]], dim=-1))

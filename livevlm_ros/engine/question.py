@@ -15,7 +15,10 @@ from typing import Optional
 from .config import MAX_NEW_TOKENS_LIMIT, EngineConfig
 from .errors import InvalidQuestionError
 
-__all__ = ["AskRequest"]
+__all__ = ["AskRequest", "MAX_EVIDENCE_FRAMES"]
+
+#: Most evidence frames one answer may report.
+MAX_EVIDENCE_FRAMES = 64
 
 
 def _finite_or_none(name: str, value) -> Optional[float]:
@@ -37,6 +40,7 @@ class AskRequest:
         do_sample: sample instead of greedy decoding.
         temperature / top_p: sampling values (``temperature > 0``, ``0 < top_p <= 1``).
         seed: sampling seed (``None``: a fresh one).
+        evidence: how many evidence frames to report (0: none; costs one small attention row per layer).
     """
 
     question: str
@@ -47,11 +51,12 @@ class AskRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: Optional[int] = None
+    evidence: int = 0
 
     @classmethod
     def build(cls, question, config: EngineConfig, *, max_new_tokens: Optional[int] = None,
               since=None, until=None, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-              seed: Optional[int] = None) -> "AskRequest":
+              seed: Optional[int] = None, evidence: int = 0) -> "AskRequest":
         """Validate a question against ``config`` (its length limit and default answer length).
 
         Raises:
@@ -73,7 +78,10 @@ class AskRequest:
             raise InvalidQuestionError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new!r}")
         if do_sample and (not temperature > 0 or not 0 < top_p <= 1):
             raise InvalidQuestionError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        return cls(text, int(max_new), since, until, bool(do_sample), float(temperature), float(top_p), seed)
+        if isinstance(evidence, bool) or not isinstance(evidence, int) or not 0 <= evidence <= MAX_EVIDENCE_FRAMES:
+            raise InvalidQuestionError(f"evidence must be an integer in [0, {MAX_EVIDENCE_FRAMES}], got {evidence!r}")
+        return cls(text, int(max_new), since, until, bool(do_sample), float(temperature), float(top_p), seed,
+                   int(evidence))
 
     @property
     def windowed(self) -> bool:

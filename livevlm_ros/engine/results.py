@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+@dataclass(frozen=True)
+class EvidenceFrame:
+    """A frame an answer drew on.
+
+    Attributes:
+        frame: frame index (since the last reset). time: its stream time (s).
+        mass: the share of the last prompt token's attention (mean over heads and layers) on its tokens.
+    """
+
+    frame: int
+    time: float
+    mass: float
+
+
 @dataclass
 class AskResult:
     """One answered question.
@@ -24,6 +38,8 @@ class AskResult:
         new_tokens: answer tokens generated.
         stop_reason: ``"eos"``, ``"length"`` or ``"cancelled"``.
         token_ids: the answer's token ids (end-of-sequence excluded).
+        evidence: the frames the answer drew on most, by descending attention mass (empty unless asked
+            for with ``evidence=N``); see :class:`EvidenceFrame`.
     """
 
     answer: str
@@ -39,10 +55,38 @@ class AskResult:
     new_tokens: int
     stop_reason: str
     token_ids: list = field(default_factory=list)
+    evidence: list = field(default_factory=list)
 
     @property
     def cancelled(self) -> bool:
         return self.stop_reason == "cancelled"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ConditionResult:
+    """One evaluation of a yes/no condition over the memory (nothing is decoded).
+
+    Attributes:
+        p_yes: probability of "yes" against "no" for the answer's first token, in [0, 1]
+            (softmax over the two, each the log-sum-exp of the tokenizer's spellings of the word).
+        yes_logit / no_logit: those two log-sum-exp logits.
+        elapsed_s: seconds for the evaluation (question prefill included).
+        frames_seen, span_start, span_end, memory_tokens: as in :class:`AskResult`.
+        evidence: the frames the evaluation drew on most (see :class:`EvidenceFrame`).
+    """
+
+    p_yes: float
+    yes_logit: float
+    no_logit: float
+    elapsed_s: float
+    frames_seen: int
+    span_start: Optional[float]
+    span_end: Optional[float]
+    memory_tokens: int
+    evidence: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -39,7 +39,7 @@ from .persistence import FORMAT_VERSION, MemoryCheckpoint, check_compatible, con
 from .policies import Region, make_policy
 from .prefill import MemoryPrefill
 from .question import AskRequest
-from .results import AskResult, MemoryStats
+from .results import AskResult, ConditionResult, EvidenceFrame, MemoryStats
 from .text_stream import IncrementalDecoder
 from .timing import NO_TIMER
 
@@ -303,6 +303,7 @@ class LiveVLMStream:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: Optional[int] = None,
+        evidence: int = 0,
     ) -> AskResult:
         """Answer ``question`` from memory; the memory is left exactly as it was.
 
@@ -313,13 +314,17 @@ class LiveVLMStream:
                 while a multi-byte character is incomplete); the pieces concatenate to the answer.
             should_stop: polled before each token; returning True ends the answer (``"cancelled"``).
             do_sample / temperature / top_p / seed: sampling instead of greedy decoding.
+            evidence: report the ``evidence`` frames the answer drew on most (:attr:`AskResult.evidence`):
+                by the attention the last prompt token (whose output gives the first answer token) paid
+                to each frame's tokens, mean over heads and layers. Defined for every memory policy.
 
         Raises:
             InvalidQuestionError: empty or too long question, bad window or sampling values.
             EmptyMemoryError: no frame yet, or none inside the window.
         """
         request = AskRequest.build(question, self.config, max_new_tokens=max_new_tokens, since=since, until=until,
-                                   do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+                                   do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                                   evidence=evidence)
         return self.answer(request, on_token=on_token, should_stop=should_stop)
 
     def answer(self, request: AskRequest, *, on_token: Optional[Callable[[str], None]] = None,
@@ -345,6 +350,52 @@ class LiveVLMStream:
             if tail and on_token is not None:
                 on_token(tail)
             return self._result(request, cache, builder.plan, text.text, decoded, started)
+
+    #: Appended to a condition so that the first answer token is "yes" or "no".
+    CONDITION_SUFFIX = " Answer yes or no."
+
+    def evaluate_condition(self, condition: str, *, since: Optional[float] = None, until: Optional[float] = None,
+                           evidence: int = 0) -> ConditionResult:
+        """Probability that a yes/no ``condition`` holds, from one read-only question prefill (nothing decoded).
+
+        ``p_yes`` is the softmax over two logits: the log-sum-exp of the first-token logits of the
+        tokenizer's spellings of "yes" (yes, Yes, YES, with and without a leading space) against the same
+        for "no". With a random-weight model it is noise.
+
+        Raises:
+            InvalidQuestionError / EmptyMemoryError: as :meth:`ask`.
+        """
+        started = time.perf_counter()
+        if isinstance(condition, str) and condition.strip():
+            condition = condition.strip() + self.CONDITION_SUFFIX
+        request = AskRequest.build(condition, self.config, max_new_tokens=1, since=since, until=until,
+                                   evidence=evidence)
+        yes_ids, no_ids = self._yes_no_ids()
+        with torch.inference_mode():
+            cache, logits, builder = self._begin(request, 1)
+            self._check_window(request, builder)
+            pair = torch.stack([logits[yes_ids].logsumexp(0), logits[no_ids].logsumexp(0)])
+            p_yes, yes, no = [float(x) for x in torch.cat([pair.softmax(0)[:1], pair]).tolist()]
+            low, high = cache.spans()
+            has_span = low <= high
+            return ConditionResult(
+                p_yes=p_yes, yes_logit=yes, no_logit=no, elapsed_s=time.perf_counter() - started,
+                frames_seen=self._frames_ingested, span_start=low if has_span else None,
+                span_end=high if has_span else None, memory_tokens=self._memory.length,
+                evidence=self._evidence(cache, request.evidence))
+
+    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
+        """First-token ids of the spellings of "yes" and of "no" (ids both words share are left out)."""
+        if not hasattr(self, "_yes_no"):
+            def first_ids(word: str) -> set:
+                spellings = {word, word.capitalize(), word.upper()}
+                return {ids[0] for w in spellings for ids in (self.model.tokenize(w), self.model.tokenize(" " + w))
+                        if ids}
+
+            yes, no = first_ids("yes"), first_ids("no")
+            shared = yes & no
+            self._yes_no = (sorted(yes - shared), sorted(no - shared))
+        return self._yes_no
 
     def first_token_logits(self, question: str, *, since: Optional[float] = None,
                            until: Optional[float] = None) -> torch.Tensor:
@@ -420,7 +471,8 @@ class LiveVLMStream:
                                  timer=self.timer)
         cache = AnswerCache(num_layers=model.num_layers, num_kv_heads=model.num_kv_heads, head_dim=model.head_dim,
                             context_slots=plan.slots, room=n_question + answer_room, device=model.device,
-                            dtype=model.dtype, rotary=self._rotary, scale=self._scale, build_context=builder)
+                            dtype=model.dtype, rotary=self._rotary, scale=self._scale, build_context=builder,
+                            evidence=request.evidence > 0)
         with self.timer.section("answer"):
             logits = generate.prefill(model, question.embeds, cache)
         cache.advance(n_question)
@@ -484,7 +536,25 @@ class LiveVLMStream:
             new_tokens=len(decoded.ids),
             stop_reason=decoded.stop_reason,
             token_ids=list(decoded.ids),
+            evidence=self._evidence(cache, request.evidence),
         )
+
+    def _evidence(self, cache: AnswerCache, count: int) -> list:
+        """The ``count`` frames with the most attention mass in ``cache`` (mean over layers), descending."""
+        if not count or cache.mass is None:
+            return []
+        frames = cache.frames[:, 0].flatten().cpu()
+        mass = cache.mass.flatten().double().cpu() / cache.mass.shape[0]
+        times = cache.times[:, 0].flatten().cpu()
+        keep = frames >= 0
+        frames, mass, times = frames[keep], mass[keep], times[keep]
+        if not frames.numel():
+            return []
+        ids, inverse = torch.unique(frames, return_inverse=True)
+        totals = torch.zeros(ids.numel(), dtype=torch.float64).index_add_(0, inverse, mass)
+        stamp = torch.zeros(ids.numel(), dtype=torch.float64).scatter_(0, inverse, times)
+        best = totals.argsort(descending=True)[:count]
+        return [EvidenceFrame(int(ids[i]), float(stamp[i]), float(totals[i])) for i in best.tolist()]
 
     # ================================================================== state
     def reset(self) -> None:
