@@ -129,3 +129,25 @@ class MemoryStats:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class Timeline:
+    """Where a stream's memory sits in stream time (for the memory view); plain lists, JSON-able.
+
+    Attributes:
+        first_time / last_time: stream time (s) of the first and newest ingested frames (None: none yet).
+        token_times: stream time (s) of every frame token held in memory, all layers pooled.
+        layers: the number of layers pooled (divide counts by it for tokens per layer).
+        short_term_start: stream time (s) of the first short-term frame, or None.
+        retrieved_times: times of the tokens the last question attended to (all layers), or None.
+        budget_tokens: long-term budget (tokens per layer), None for the unbounded ``full`` memory.
+    """
+
+    first_time: Optional[float]
+    last_time: Optional[float]
+    token_times: list
+    layers: int
+    short_term_start: Optional[float]
+    retrieved_times: Optional[list]
+    budget_tokens: Optional[int]

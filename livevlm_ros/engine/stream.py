@@ -39,7 +39,7 @@ from .persistence import FORMAT_VERSION, MemoryCheckpoint, check_compatible, con
 from .policies import Region, make_policy
 from .prefill import MemoryPrefill
 from .question import AskRequest
-from .results import AskResult, ConditionResult, EvidenceFrame, MemoryStats
+from .results import AskResult, ConditionResult, EvidenceFrame, MemoryStats, Timeline
 from .text_stream import IncrementalDecoder
 from .timing import NO_TIMER
 
@@ -75,6 +75,7 @@ class LiveVLMStream:
         self._last_time: Optional[float] = None
         self._page_means: Optional[tuple[int, torch.Tensor]] = None  # (memory version, [L, H, pages, d])
         self._warned_context = False
+        self._last_context: Optional[tuple] = None  # (times [L, K], valid [L, K]) of the last answer's context
         with torch.inference_mode():
             self._write_prefix()
         self.budget = self._resolve_budget()
@@ -349,6 +350,7 @@ class LiveVLMStream:
             tail = text.finish()
             if tail and on_token is not None:
                 on_token(tail)
+            self._last_context = (cache.times[:, 0], cache.valid[:, 0, : builder.plan.slots])
             return self._result(request, cache, builder.plan, text.text, decoded, started)
 
     #: Appended to a condition so that the first answer token is "yes" or "no".
@@ -565,6 +567,7 @@ class LiveVLMStream:
         self._frames_ingested = 0
         self._first_time = self._last_time = None
         self._page_means = None
+        self._last_context = None
 
     def checkpoint(self) -> MemoryCheckpoint:
         """The memory as a :class:`MemoryCheckpoint` (CPU copies; pending frames are prefilled first).
@@ -629,6 +632,21 @@ class LiveVLMStream:
     def memory_layout(self) -> MemoryLayout:
         """A CPU snapshot of where each memory token came from (frame, time, stream position, kind)."""
         return self._memory.layout(self._short_term_start())
+
+    def timeline(self) -> Timeline:
+        """Where the memory (and the last answer's context) sits in stream time: a CPU snapshot."""
+        memory = self._memory
+        lt_end = self._short_term_start()
+        frame_tokens = memory.frame_index[:, 0] >= 0
+        times = memory.timestamp[:, 0][frame_tokens].cpu()
+        short = memory.timestamp[0, 0, lt_end] if lt_end < memory.length else None
+        retrieved = None
+        if self._last_context is not None:
+            context_times, valid = self._last_context
+            retrieved = context_times[valid & ~context_times.isnan()].cpu().tolist()
+        return Timeline(first_time=self._first_time, last_time=self._last_time, token_times=times.tolist(),
+                        layers=memory.num_layers, short_term_start=None if short is None else float(short),
+                        retrieved_times=retrieved, budget_tokens=self.budget if self.policy.bounded else None)
 
     def stats(self) -> MemoryStats:
         memory, cfg = self._memory, self.config
