@@ -164,3 +164,33 @@ def test_ingest_embeddings_marks_structure_tokens():
     assert layout.vision[0, 0, layout.prefix_len:].tolist() == vision.tolist()
     with pytest.raises(Exception, match="vision"):
         stream.ingest_embeddings(embeds, 2.0, vision=vision[:3])
+
+
+def test_question_settings_change_on_an_ingested_stream_like_a_fresh_stream():
+    from livevlm_ros.engine import ConfigError
+
+    frames = random_frames(30, seed=4)
+    common = dict(memory="vsb", budget_tokens=96, clip_frames=4)
+    switched = stream_of("tiny-llava-onevision", frames, retrieval="par", **common)
+    for settings in (dict(retrieval="par-pe"), dict(retrieval="none"), dict(retrieval="par", page_size=4,
+                                                                            retrieval_ratio=0.8)):
+        switched.set_question_settings(**settings)
+        fresh = stream_of("tiny-llava-onevision", frames, **{**common, "retrieval": "par", **settings})
+        assert torch.allclose(switched.first_token_logits("what?"), fresh.first_token_logits("what?"), atol=1e-6)
+    with pytest.raises(ConfigError, match="question-time"):
+        switched.set_question_settings(budget_tokens=10)
+
+
+def test_par_pe_from_the_first_clip_and_the_last_context_record():
+    stream = stream_of("tiny-smolvlm", random_frames(4, seed=5), memory="vsb", retrieval="par-pe", clip_frames=2,
+                       budget_tokens=200)
+    assert stream.last_context() is None
+    stream.record_retrieval = True
+    for i, frame in enumerate(random_frames(20, seed=6)):
+        stream.ingest(frame, 10.0 + i)
+    result = stream.ask("what?", max_new_tokens=1)
+    context = stream.last_context()
+    layers = stream.model.num_layers
+    assert context["frames"].shape[0] == layers and context["valid"].shape == context["times"].shape
+    assert len(context["pages"]) == layers
+    assert all(p["chosen"].numel() == result.pages_retrieved for p in context["pages"])

@@ -95,11 +95,13 @@ class ContextBuilder:
         question_positions: ``[q]`` int64 stream positions of the question tokens (PaR-PE rotates at them).
         host_frames: ReKV-style only: slots of the offloaded frames inside the window.
         timer: a :class:`~livevlm_ros.engine.timing.StageTimer` (section ``retrieve``), or none.
+        record: keep each layer's PaR page ``scores`` and ``chosen`` pages in :attr:`records` (device tensors).
     """
 
     def __init__(self, memory: KVMemory, config: EngineConfig, rotary: RotaryTable, plan: ContextPlan,
                  window: TimeWindow, *, page_means: Optional[torch.Tensor], own: torch.Tensor,
-                 question_positions: torch.Tensor, host_frames: Optional[list] = None, timer=NO_TIMER) -> None:
+                 question_positions: torch.Tensor, host_frames: Optional[list] = None, timer=NO_TIMER,
+                 record: bool = False) -> None:
         self.memory = memory
         self.config = config
         self.rotary = rotary
@@ -111,6 +113,7 @@ class ContextBuilder:
         self.question_positions = question_positions
         self.host_frames = host_frames or []
         self.timer = timer
+        self.records: Optional[list] = [] if record else None
         device = memory.device
         self.visible = None if window.open else window.contains(memory.timestamp) | (memory.frame_index < 0)
         self._prefix = torch.arange(plan.prefix, device=device)
@@ -182,6 +185,8 @@ class ContextBuilder:
             usable = retrieval.pages_with_visible_tokens(lanes if cfg.select_per_head else lanes[0], cfg.page_size)
             scores = scores.masked_fill(~usable, -torch.inf)
         chosen = retrieval.top_groups(scores, count=plan.pages_kept)
+        if self.records is not None:
+            self.records.append({"scores": scores, "chosen": chosen})
         offsets, exists = retrieval.tokens_of_pages(chosen, cfg.page_size, n, self._page_offsets)
         return plan.prefix + offsets, (None if plan.exact else exists)
 

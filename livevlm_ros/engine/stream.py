@@ -73,9 +73,11 @@ class LiveVLMStream:
         self._frames_ingested = 0
         self._first_time: Optional[float] = None
         self._last_time: Optional[float] = None
-        self._page_means: Optional[tuple[int, torch.Tensor]] = None  # (memory version, [L, H, pages, d])
+        self._page_means: Optional[tuple] = None  # ((memory version, retrieval, page size), [L, H, pages, d])
         self._warned_context = False
-        self._last_context: Optional[tuple] = None  # (times [L, K], valid [L, K]) of the last answer's context
+        self._last_context: Optional[tuple] = None  # (times, valid, frames [L, K], PaR records) of the last answer
+        #: Record PaR's page scores and choices per layer for :meth:`last_context` (benchmarks, diagnosis).
+        self.record_retrieval = False
         with torch.inference_mode():
             self._write_prefix()
         self.budget = self._resolve_budget()
@@ -280,15 +282,37 @@ class LiveVLMStream:
     def _page_means_now(self) -> torch.Tensor:
         """``[L, H, pages, d]`` PaR page representatives of the current long-term memory (cached per change)."""
         memory = self._memory
-        if self._page_means is not None and self._page_means[0] == memory.version:
+        key = (memory.version, self.config.retrieval, self.config.page_size)
+        if self._page_means is not None and self._page_means[0] == key:
             return self._page_means[1]
         region = slice(memory.prefix_len, self._short_term_start())
         keys = memory.keys[:, :, region]
+        if not keys.shape[2]:
+            return keys.float()
         if self.config.retrieval == "par-pe":  # ablation: keys rotated at their original stream positions
             keys = self._rotary.rotate_at(keys, memory.position[:, :, region])
-        means = retrieval.page_means(keys, self.config.page_size) if keys.shape[2] else keys.float()
-        self._page_means = (memory.version, means)
+        means = retrieval.page_means(keys, self.config.page_size)
+        self._page_means = (key, means)
         return means
+
+    #: The settings :meth:`set_question_settings` may change: they act only when a question is answered.
+    QUESTION_SETTINGS = ("retrieval", "retrieval_ratio", "page_size", "rekv_frames", "max_new_tokens",
+                         "max_question_chars")
+
+    def set_question_settings(self, **changes) -> None:
+        """Change question-time settings of an ingested stream (e.g. answer one memory with and without PaR).
+
+        Only :data:`QUESTION_SETTINGS` may change (memory content does not depend on them); the new
+        config is validated, and the PaR page cache follows it.
+
+        Raises:
+            ConfigError: another field, or an invalid value.
+        """
+        other = sorted(set(changes) - set(self.QUESTION_SETTINGS))
+        if other:
+            raise ConfigError(f"only question-time settings {self.QUESTION_SETTINGS} can change on a stream; "
+                              f"not {other}")
+        self.config = self.config.replace(**changes)
 
     # ================================================================== ask
     def ask(
@@ -350,7 +374,7 @@ class LiveVLMStream:
             tail = text.finish()
             if tail and on_token is not None:
                 on_token(tail)
-            self._last_context = (cache.times[:, 0], cache.valid[:, 0, : builder.plan.slots])
+            self._remember_context(cache, builder)
             return self._result(request, cache, builder.plan, text.text, decoded, started)
 
     #: Appended to a condition so that the first answer token is "yes" or "no".
@@ -470,7 +494,7 @@ class LiveVLMStream:
         builder = ContextBuilder(memory, cfg, self._rotary, plan, window,
                                  page_means=self._page_means_now() if plan.pages_total else None,
                                  own=question.own, question_positions=positions, host_frames=host_frames,
-                                 timer=self.timer)
+                                 timer=self.timer, record=self.record_retrieval)
         cache = AnswerCache(num_layers=model.num_layers, num_kv_heads=model.num_kv_heads, head_dim=model.head_dim,
                             context_slots=plan.slots, room=n_question + answer_room, device=model.device,
                             dtype=model.dtype, rotary=self._rotary, scale=self._scale, build_context=builder,
@@ -633,6 +657,23 @@ class LiveVLMStream:
         """A CPU snapshot of where each memory token came from (frame, time, stream position, kind)."""
         return self._memory.layout(self._short_term_start())
 
+    def _remember_context(self, cache: AnswerCache, builder: ContextBuilder) -> None:
+        """Keep the answer's per-layer context (device tensors; read only when asked for)."""
+        k = builder.plan.slots
+        self._last_context = (cache.times[:, 0], cache.valid[:, 0, :k], cache.frames[:, 0], builder.records)
+
+    def last_context(self) -> Optional[dict]:
+        """What the last answer attended to, per layer (CPU): ``frames`` / ``times`` / ``valid`` ``[L, K]`` of its
+        context slots (prefix, retrieved long-term, short-term), and with :attr:`record_retrieval` set, the PaR
+        ``pages`` per layer (``scores`` and ``chosen`` page ids over the long-term region). None before any answer."""
+        if self._last_context is None:
+            return None
+        times, valid, frames, records = self._last_context
+        result = {"times": times.cpu(), "valid": valid.cpu(), "frames": frames.cpu()}
+        if records:
+            result["pages"] = [{name: value.cpu() for name, value in record.items()} for record in records]
+        return result
+
     def timeline(self) -> Timeline:
         """Where the memory (and the last answer's context) sits in stream time: a CPU snapshot."""
         memory = self._memory
@@ -642,7 +683,7 @@ class LiveVLMStream:
         short = memory.timestamp[0, 0, lt_end] if lt_end < memory.length else None
         retrieved = None
         if self._last_context is not None:
-            context_times, valid = self._last_context
+            context_times, valid = self._last_context[:2]
             retrieved = context_times[valid & ~context_times.isnan()].cpu().tolist()
         return Timeline(first_time=self._first_time, last_time=self._last_time, token_times=times.tolist(),
                         layers=memory.num_layers, short_term_start=None if short is None else float(short),
