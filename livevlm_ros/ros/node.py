@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import signal
 import sys
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
@@ -198,6 +199,12 @@ class LiveVLMNode(LifecycleNode):
         names = [s.name for s in all_parameter_specs(dict.fromkeys(self.get_parameter("streams").value or []))]
         return {name: self.get_parameter(name).value for name in names if self.has_parameter(name)}
 
+    def _undeclared_overrides(self) -> Dict[str, Any]:
+        """Values given for this node (``--params-file``, ``-p``) that name no declared parameter:
+        a misspelled name would otherwise be ignored without a word (rclpy keeps them aside)."""
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy Node: name -> Parameter
+        return {name: p.value for name, p in overrides.items() if not self.has_parameter(name)}
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate a runtime change through the same path as configure; apply the dynamic ones."""
         changes = {p.name: p.value for p in params}
@@ -225,7 +232,8 @@ class LiveVLMNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         log = self.get_logger()
         try:
-            settings = settings_from_parameters(self._parameter_values())
+            settings = settings_from_parameters({**self._undeclared_overrides(), **self._parameter_values()},
+                                                strict=True)
         except SettingsError as exc:
             self._model_error = str(exc)
             log.error(f"configure failed: {exc}")
@@ -559,6 +567,10 @@ def main(args: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Shutting down. Ctrl-C in a terminal reaches this process twice (from the terminal, then
+        # from `ros2 launch` forwarding it): a second SIGINT must not abort the cleanup with a
+        # KeyboardInterrupt (exit code -2 instead of 0). SIGTERM still ends the process.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.release_engine()
             try:
@@ -566,6 +578,7 @@ def main(args: Optional[List[str]] = None) -> int:
             except Exception:
                 pass
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown put Python's handler back
     return 0
 
 

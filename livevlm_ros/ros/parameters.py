@@ -24,6 +24,7 @@ This module imports neither rclpy nor torch at import time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import typing
@@ -365,7 +366,10 @@ def settings_from_parameters(values: Mapping[str, Any], *, strict: bool = False)
 
     Args:
         values: ``{parameter name: value}`` as rclpy or a flattened YAML file gives them.
-        strict: also report names that are not parameters of the node (typos in a YAML file).
+        strict: also report names that are not parameters of the node (a misspelled name in a
+            parameter file or a ``-p`` override), with the closest known name. The node always
+            validates strictly on configure; the runtime ``ros2 param set`` path cannot meet
+            unknown names (rclpy refuses undeclared parameters).
 
     Raises:
         SettingsError: listing every invalid value.
@@ -413,7 +417,9 @@ def settings_from_parameters(values: Mapping[str, Any], *, strict: bool = False)
         known = {s.name for s in all_parameter_specs(dict.fromkeys(names))}
         for key in values:
             if key not in known and key not in ROS_BUILTIN_PARAMETERS and not key.startswith("qos_overrides."):
-                problems.append(f"unknown parameter {key!r}")
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else " (not a parameter of this node)"
+                problems.append(f"unknown parameter {key!r}{hint}")
     if problems:
         raise SettingsError(problems)
 
