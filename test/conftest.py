@@ -4,6 +4,9 @@
   ``ROS_DOMAIN_ID`` of this test session (``LIVEVLM_TEST_DOMAIN_ID`` pins it); ROS logs go to a
   temporary ``ROS_LOG_DIR``; the model hub is not contacted (``HF_HUB_OFFLINE=1``). Set in
   :func:`pytest_configure`, before any test starts rclpy or a child process.
+* ``LIVEVLM_REQUIRE_LAUNCH_TESTS=1`` (set by ``.ci/run``): the run fails when a launch test
+  (``test_launch*.py``, which need the ROS 2 launch stack) was skipped or none ran, so CI cannot
+  pass with them silently skipped.
 * Fixtures: ``shared_data`` (the real recordings), ``ros_client`` (an rclpy helper node in its own
   context), ``node_process`` (starts ``livevlm`` nodes as their own processes, stopped SIGINT ->
   SIGTERM at the end). The helpers themselves live in ``ros_helpers.py``.
@@ -92,3 +95,47 @@ def node_process(tmp_path_factory):
     yield start
     for proc in started:
         proc.stop()
+
+
+# ------------------------------------------------------------------ launch tests must run in CI
+LAUNCH_TEST_PREFIX = "test_launch"
+_launch_tests = {"ran": 0, "skipped": []}
+
+
+def _is_launch_test(nodeid: str) -> bool:
+    return Path(nodeid.split("::")[0]).name.startswith(LAUNCH_TEST_PREFIX)
+
+
+def pytest_collectreport(report):
+    if report.skipped and _is_launch_test(report.nodeid):  # a module skipped at import
+        _launch_tests["skipped"].append((report.nodeid, str(report.longrepr)))
+
+
+def pytest_runtest_logreport(report):
+    if not _is_launch_test(report.nodeid):
+        return
+    if report.skipped:
+        _launch_tests["skipped"].append((report.nodeid, str(report.longrepr)))
+    elif report.when == "call":
+        _launch_tests["ran"] += 1
+
+
+def _launch_tests_missing() -> str:
+    if os.environ.get("LIVEVLM_REQUIRE_LAUNCH_TESTS") != "1":
+        return ""
+    if _launch_tests["skipped"]:
+        return "launch tests were skipped: " + "; ".join(f"{n} ({why})" for n, why in _launch_tests["skipped"])
+    if not _launch_tests["ran"]:
+        return "no launch test ran"
+    return ""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _launch_tests_missing() and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    problem = _launch_tests_missing()
+    if problem:
+        terminalreporter.write_line(f"FAILED (LIVEVLM_REQUIRE_LAUNCH_TESTS=1): {problem}", red=True)
