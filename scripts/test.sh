@@ -7,7 +7,8 @@
 # of its own (LIVEVLM_TEST_DOMAIN_ID to choose it); ROS logs go to a temporary directory.
 # AMENT_PREFIX_PATH is .venv. The launch stack is installed first when LIVEVLM_LAUNCH_WHEELS=DIR
 # is set or ../shared/ros2_launch exists; LIVEVLM_REQUIRE_LAUNCH_TESTS=1 (.ci/run sets it) fails
-# the run when a launch test was skipped or none ran.
+# the run when a launch test was skipped or none ran; LIVEVLM_INSTALL_COLCON=1 (.ci/run too)
+# installs colcon into .venv first, for the colcon-workspace test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +20,12 @@ if [ -z "${LIVEVLM_LAUNCH_WHEELS:-}" ] && [ -d "$ROOT/../shared/ros2_launch" ]; 
     export LIVEVLM_LAUNCH_WHEELS="$(cd "$ROOT/../shared/ros2_launch" && pwd)"
 fi
 bash "$ROOT/scripts/setup.sh"
+if [ "${LIVEVLM_INSTALL_COLCON:-0}" = 1 ]; then
+    # colcon from PyPI for test/test_launch_colcon.py (.ci/run asks for it; see requirements-colcon.txt)
+    echo "[test] pip install --no-deps -r requirements-colcon.txt"
+    "$ROOT/.venv/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements-colcon.txt" \
+        2> >(grep -v -E "^WARNING: Location '.*' is ignored" >&2)
+fi
 [ -n "${LIVEVLM_LAUNCH_WHEELS:-}" ] \
     || echo "[test] no launch stack (set LIVEVLM_LAUNCH_WHEELS=DIR, see docs/INSTALL.md): the launch tests will skip"
 
