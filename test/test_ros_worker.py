@@ -10,7 +10,7 @@ import pytest
 from livevlm_ros.engine.errors import EmptyMemoryError, TimestampError
 from livevlm_ros.engine.results import AskResult, MemoryStats
 from livevlm_ros.io.image_codec import ImageDecodeError
-from livevlm_ros.ros.frame_sampler import FrameSampler, Verdict
+from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.ros.parameters import QosSettings, StreamSettings
 from livevlm_ros.ros.questions import Question
 from livevlm_ros.ros.worker import (

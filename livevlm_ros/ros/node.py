@@ -58,9 +58,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from livevlm_interfaces.action import Ask as AskAction
 from livevlm_interfaces.msg import MemoryStatus, StreamStatus
 from livevlm_interfaces.srv import Ask, Reset
+from livevlm_ros.io.frame_sampler import FrameSampler, JumpPolicy, Verdict
 from livevlm_ros.io.image_codec import decode_image_msg
 
-from .frame_sampler import FrameSampler, JumpPolicy, Verdict, cdr_header_stamp
+from .cdr import cdr_header_stamp
 from .parameters import (
     DYNAMIC_PARAMETERS,
     NODE_NAME,
@@ -117,7 +118,8 @@ def _make_stream(model, config):
 
 
 def _sampler(settings: NodeSettings) -> FrameSampler:
-    return FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s)
+    return FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s,
+                        require_stamps=True)
 
 
 def _to_time(t: Optional[float]) -> Time:

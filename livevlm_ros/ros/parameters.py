@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from livevlm_ros.engine.config import MEMORY_POLICIES, RETRIEVAL_POLICIES, EngineConfig, field_descriptions
 from livevlm_ros.engine.errors import ConfigError
+from livevlm_ros.io.frame_sampler import DEFAULT_TOLERANCE_S
 from livevlm_ros.io.image_codec import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -156,7 +157,7 @@ class NodeSettings:
     dtype: str = "float16"
     autostart: bool = True
     sample_fps: float = 2.0
-    stamp_jitter_tolerance_s: float = 0.005
+    stamp_jitter_tolerance_s: float = DEFAULT_TOLERANCE_S
     timestamp_jump_policy: str = "reset"
     max_pixels: int = DEFAULT_MAX_PIXELS
     frame_queue_depth: int = 1
@@ -197,7 +198,8 @@ def base_parameter_specs() -> List[ParamSpec]:
                   "Configure and activate right after start (no lifecycle manager needed); a failed "
                   "configure then exits the process with a non-zero status"),
         ParamSpec("sample_fps", _DOUBLE, d.sample_fps,
-                  "Frames per second of header-stamp time kept from each camera (0: every frame)",
+                  "Frames per second of header-stamp time kept from each camera, one per 1/sample_fps slot "
+                  "(the sampler of livevlm_offline --fps too); 0: every frame",
                   read_only=False, minimum=0.0, maximum=240.0),
         ParamSpec("stamp_jitter_tolerance_s", _DOUBLE, d.stamp_jitter_tolerance_s,
                   "Seconds of header-stamp jitter tolerated by the sampler (capped at half the interval); "

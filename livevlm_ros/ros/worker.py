@@ -38,9 +38,9 @@ from livevlm_ros.engine.errors import (
     TimestampError,
 )
 from livevlm_ros.engine.results import AskResult, MemoryStats
+from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.io.image_codec import ImageDecodeError
 
-from .frame_sampler import FrameSampler, Verdict
 from .latest_frame_slot import LatestFrameSlot
 from .parameters import StreamSettings
 from .questions import Question, resolve_window
