@@ -18,6 +18,7 @@ from livevlm_ros.ros.worker import (
     QueueFullError,
     QuestionJob,
     ResetJob,
+    StreamCounts,
     StreamRuntime,
     WorkerStoppedError,
 )
@@ -99,7 +100,7 @@ class Log:
 
 def runtime(name="front", engine=None, fps=0.0, policy="reset", depth=1):
     settings = StreamSettings(name=name, topic=f"{name}/image", transport="raw", qos=QosSettings())
-    return StreamRuntime(settings, engine or FakeStream(), FrameSampler(fps, policy), depth)
+    return StreamRuntime(settings, engine or FakeStream(), FrameSampler(fps, policy, require_stamps=True), depth)
 
 
 @pytest.fixture
@@ -281,6 +282,26 @@ def test_reset_job_clears_one_stream_and_pending_frames(make_worker):
     # the sampler restarted: an earlier stamp is a fresh start, not a jump back
     feed(a, worker, [0.5])
     wait_for(lambda: a.engine.stamps == [0.5])
+
+
+def test_reset_starts_the_stream_counters_again_from_zero(make_worker):
+    """D5: StreamStatus counts since configure or the stream's last ~/reset."""
+    a, b = runtime("front", depth=4), runtime("rear", depth=4)
+    worker = make_worker(a, b)
+    a.offer(0.0, lambda: FRAME)  # rejected: header stamp zero
+    feed(a, worker, [1.0, 2.0, 3.0])
+    feed(b, worker, [1.0, 2.0])
+    wait_for(lambda: a.counts().ingested == 3 and b.counts().ingested == 2)
+    assert a.counts().received == 4 and a.counts().rejected == 1 and a.rate.rate_hz() > 0
+    job = ResetJob("front")
+    worker.submit(job)
+    assert job.wait(5.0) and job.result == ""
+    assert a.counts() == StreamCounts(received=0, sampled=0, ingested=0, dropped=0, rejected=0, queue_depth=0)
+    assert a.rate.rate_hz() == 0.0
+    assert b.counts().received == 2 and b.counts().ingested == 2  # the other stream keeps counting
+    feed(a, worker, [0.5])
+    wait_for(lambda: a.counts().ingested == 1)
+    assert a.counts() == StreamCounts(received=1, sampled=1, ingested=1, dropped=0, rejected=0, queue_depth=0)
 
 
 def test_stamps_going_back_reset_the_memory_under_policy_reset(make_worker):

@@ -522,6 +522,8 @@ class LiveVLMNode(LifecycleNode):
         for rt in self._streams.values():
             c = rt.counts()
             last = self._last_counts.get(rt.name, (0, 0))
+            if c.sampled < last[0] or c.dropped < last[1]:  # counted from zero again (~/reset)
+                last = (0, 0)
             self._last_counts[rt.name] = (c.sampled, c.dropped)
             age = self._frame_age(rt.newest_ingested_stamp)
             health = StreamHealth(

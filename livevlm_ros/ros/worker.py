@@ -231,12 +231,16 @@ class StreamRuntime:
             self.rate.tick()
 
     def restart(self) -> None:
-        """Forget pending frames and restart the sampler (a new epoch), before an engine reset."""
+        """A ``~/reset`` of this stream, before the engine's: forget pending frames, restart the
+        sampler (a new epoch) and zero the counters, which count since configure or the last
+        reset (``StreamStatus``). Called by the worker thread, so no frame is in flight."""
         with self.lock:
             self.sampler.reset()
-            self.slot.clear()
+            self.slot.reset()
             self.engine_epoch = self.sampler.epoch
             self.newest_ingested_stamp = None
+            self.received = self.sampled = self.rejected_input = self.ingested = self.rejected_ingest = 0
+        self.rate.reset()
 
     def refresh_stats(self) -> None:
         self.stats = self.engine.stats()
