@@ -236,6 +236,28 @@ def test_cancel_while_answering_returns_the_partial_answer(make_worker):
     assert a.answer == "w0 w1 w2 " and tokens[-1] == ("w2 ", "w0 w1 w2 ", 3)
 
 
+def test_every_token_is_fed_back_even_when_it_adds_no_text(make_worker):
+    """D9, the ROS side of the engine's contract: on_token runs once per generated token, with ""
+    while a character is unfinished; each call becomes one feedback with the token count."""
+
+    class UnfinishedCharacters(FakeStream):
+        def ask(self, question, *, on_token=None, **kwargs):
+            for piece in ("a", "", "", "\u20ac", ""):
+                on_token(piece)
+            return AskResult(answer="a\u20ac\ufffd", ttft_s=0.001, total_s=0.01, frames_seen=1, span_start=1.0,
+                             span_end=1.0, memory_tokens=10, context_tokens=1.0, pages_retrieved=0.0,
+                             pages_total=0.0, new_tokens=5, stop_reason="length")
+
+    rt = runtime(engine=UnfinishedCharacters())
+    worker = make_worker(rt)
+    feed(rt, worker, [1.0])
+    feedback = []
+    job = ask(worker, on_token=lambda new, partial, n: feedback.append((new, partial, n)))
+    assert job.wait(5.0) and job.result.success
+    assert feedback == [("a", "a", 1), ("", "a", 2), ("", "a", 3), ("\u20ac", "a\u20ac", 4), ("", "a\u20ac", 5)]
+    assert job.result.answer == "a\u20ac\ufffd" and job.result.new_tokens == 5
+
+
 def test_cancel_while_queued(make_worker):
     rt = runtime(engine=FakeStream(tokens=50, token_delay_s=0.01))
     worker = make_worker(rt)

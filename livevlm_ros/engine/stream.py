@@ -308,7 +308,10 @@ class LiveVLMStream:
         Args:
             since / until: optional stream-time window (s); only memory from frames stamped in
                 ``[since, until]`` may be used (the prefix always is).
-            on_token: called with each new piece of answer text as it is decoded.
+            on_token: called once per generated token with the complete characters it formed
+                (``""`` while it completes none: feedback keeps flowing), and once more for the
+                EOS token when the answer ends in bytes that never formed a character; the pieces
+                add up to ``answer``.
             should_stop: polled before each token; returning True ends the answer (``"cancelled"``).
             do_sample / temperature / top_p / seed: sampling instead of greedy decoding.
 
@@ -496,11 +499,13 @@ class LiveVLMStream:
                 stop_reason = "eos"
                 break
             piece = text.push(token)
-            if piece and on_token is not None:
-                on_token(piece)
+            if step + 1 == max_new:  # the last token: nothing can complete a held-back character now
+                piece += text.finish()
+            if on_token is not None:
+                on_token(piece)  # once per token, "" when it formed no complete character yet
             if step + 1 < max_new:
                 logits = self._decode_step(cache, token)
-        tail = text.finish()
+        tail = text.finish()  # after EOS: bytes that never became a character, with the EOS token
         if tail and on_token is not None:
             on_token(tail)
         total = time.perf_counter() - started
