@@ -62,11 +62,7 @@ class LaunchWatch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._output: Dict[str, List[str]] = defaultdict(list)
-        self.pids: Dict[str, int] = {}
-        self.exit_codes: Dict[str, int] = {}
-        self.launch_errors: List[str] = []
-        self.launch_service = None
+        self.reset()
         watch = self
 
         class _Errors(logging.Handler):
@@ -76,6 +72,15 @@ class LaunchWatch:
 
         self._handler = _Errors(level=logging.ERROR)
         logging.getLogger("launch").addHandler(self._handler)
+
+    def reset(self) -> None:
+        """Forget what was recorded (before the next launch)."""
+        with self._lock:
+            self._output: Dict[str, List[str]] = defaultdict(list)
+            self.pids: Dict[str, int] = {}
+            self.exit_codes: Dict[str, int] = {}
+            self.launch_errors: List[str] = []
+            self.launch_service = None
 
     def close(self) -> None:
         logging.getLogger("launch").removeHandler(self._handler)

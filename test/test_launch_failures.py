@@ -69,7 +69,7 @@ def failing_launch(request, watch, tmp_path):
         PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("livevlm_ros"), "launch",
                                                             "livevlm.launch.py"])),
         launch_arguments={"params_file": str(params_file), "namespace": "launch_fail"}.items())
-    watch.__init__()  # a fresh record per launch (the fixture is function-scoped)
+    watch.reset()  # a fresh record per launch (the fixture is function-scoped)
     return LaunchDescription([launch_pytest.actions.ReadyToTest(), *watch.actions(), include])
 
 
