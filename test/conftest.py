@@ -9,7 +9,8 @@
   pass with them silently skipped.
 * Fixtures: ``shared_data`` (the real recordings), ``ros_client`` (an rclpy helper node in its own
   context), ``node_process`` (starts ``livevlm`` nodes as their own processes, stopped SIGINT ->
-  SIGTERM at the end). The helpers themselves live in ``ros_helpers.py``.
+  SIGTERM at the end), ``launch_watch`` / ``launch_client`` (for the launch_pytest modules). The
+  helpers themselves live in ``ros_helpers.py`` and ``launch_helpers.py``.
 """
 
 import os
@@ -74,6 +75,28 @@ def ros_client():
 
     require_ros()
     client = RosClient("livevlm_test_client")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def launch_watch():
+    """A :class:`launch_helpers.LaunchWatch` for the launch tests of one module."""
+    from launch_helpers import LaunchWatch
+
+    watch = LaunchWatch()
+    yield watch
+    watch.close()
+
+
+@pytest.fixture(scope="module")
+def launch_client(launch_watch, launch_service):
+    """An rclpy helper node for a launch_pytest module (``launch_service`` is launch_pytest's);
+    it also tells ``launch_watch`` which launch service to check."""
+    from ros_helpers import RosClient
+
+    launch_watch.launch_service = launch_service
+    client = RosClient("livevlm_launch_test_client")
     yield client
     client.close()
 

@@ -154,6 +154,19 @@ class LaunchWatch:
             time.sleep(poll)
 
 
+def include_livevlm_launch(**launch_arguments):
+    """The package's launch/livevlm.launch.py, found through its share directory (as
+    ``ros2 launch livevlm_ros livevlm.launch.py`` finds it), with these launch arguments."""
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.substitutions import FindPackageShare
+
+    source = PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("livevlm_ros"), "launch",
+                                                                 "livevlm.launch.py"]))
+    return IncludeLaunchDescription(source, launch_arguments=list(launch_arguments.items()))
+
+
 def lifecycle_state(client, node: str, timeout: float = 2.0) -> Optional[str]:
     """The lifecycle state label of ``node`` (``/ns/name``), None while its service is not up."""
     from lifecycle_msgs.srv import GetState

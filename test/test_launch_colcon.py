@@ -57,8 +57,8 @@ def test_colcon_install_holds_both_packages_where_ros2_looks(workspace, env):
     lib = workspace / "install" / "livevlm_ros" / "lib" / "livevlm_ros"
     assert {p.name for p in lib.iterdir()} >= {"livevlm_node", "livevlm_ask", "livevlm_replay"}
     assert (workspace / "install" / "livevlm_ros" / "share" / "livevlm_ros" / "launch" / "livevlm.launch.py").is_file()
-    which = subprocess.run(in_workspace(workspace, "python -c 'import livevlm_interfaces; print(livevlm_interfaces.__file__)'"),
-                           env=env, capture_output=True, text=True, timeout=60)
+    where = "python -c 'import livevlm_interfaces; print(livevlm_interfaces.__file__)'"
+    which = subprocess.run(in_workspace(workspace, where), env=env, capture_output=True, text=True, timeout=60)
     assert which.stdout.startswith(str(workspace / "install" / "livevlm_interfaces")), which.stdout + which.stderr
 
 

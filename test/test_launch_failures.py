@@ -11,6 +11,7 @@ Needs the ROS 2 launch stack: see launch_helpers.py.
 
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -18,28 +19,18 @@ import time
 
 import pytest
 
-from launch_helpers import START_TIMEOUT_S, LaunchWatch, lifecycle_state, require_launch_stack
-from ros_helpers import RosClient
+from launch_helpers import START_TIMEOUT_S, include_livevlm_launch, lifecycle_state, require_launch_stack
 
 require_launch_stack()
 
 import launch_pytest  # noqa: E402
 from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from launch.substitutions import PathJoinSubstitution  # noqa: E402
-from launch_ros.substitutions import FindPackageShare  # noqa: E402
 
 ROS2 = str(Path(sys.executable).parent / "ros2")
 NODE = "/launch_fail/livevlm"
-#: name -> (params file text or None for a missing file, what the failure message must hold)
-FAILED_STARTS = {
-    "misspelled_parameter": (
-        "/**:\n  ros__parameters:\n    model: tiny-llava-onevision\n    device: cpu\n    dtype: float32\n"
-        "    sample_fsp: 2.0\n",
-        ["unknown parameter 'sample_fsp' (did you mean 'sample_fps'?)", "exit code 1"]),
-    "missing_params_file": (None, ["the launch failed", "no such file"]),
-}
+#: A parameter file with a misspelled name: the node fails configure and exits 1.
+MISSPELLED = ("/**:\n  ros__parameters:\n    model: tiny-llava-onevision\n    device: cpu\n    dtype: float32\n"
+              "    sample_fsp: 2.0\n")
 
 
 def share(*parts):
@@ -52,43 +43,41 @@ def ros2(*args, timeout=60.0):
     return subprocess.run([ROS2, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def watch():
-    recorder = LaunchWatch()
-    yield recorder
-    recorder.close()
-
-
-@launch_pytest.fixture(params=sorted(FAILED_STARTS))
-def failing_launch(request, watch, tmp_path):
-    text, _ = FAILED_STARTS[request.param]
+@launch_pytest.fixture
+def failing_launch(launch_watch, tmp_path):
     params_file = tmp_path / "params.yaml"
-    if text is not None:
-        params_file.write_text(text)
-    include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("livevlm_ros"), "launch",
-                                                            "livevlm.launch.py"])),
-        launch_arguments={"params_file": str(params_file), "namespace": "launch_fail"}.items())
-    watch.reset()  # a fresh record per launch (the fixture is function-scoped)
-    return LaunchDescription([launch_pytest.actions.ReadyToTest(), *watch.actions(), include])
+    params_file.write_text(MISSPELLED)
+    launch_watch.reset()  # a fresh record per launch (the fixture is function-scoped)
+    include = include_livevlm_launch(params_file=str(params_file), namespace="launch_fail")
+    return LaunchDescription([launch_pytest.actions.ReadyToTest(), *launch_watch.actions(), include])
 
 
 @pytest.mark.launch(fixture=failing_launch)
-def test_a_failed_start_fails_the_test_within_60_s_with_the_cause(failing_launch, watch, launch_service, request):
-    watch.launch_service = launch_service
-    _, needles = FAILED_STARTS[request.node.callspec.params["failing_launch"]]
-    client = RosClient("livevlm_launch_fail_client")
+def test_a_failed_start_fails_the_test_within_60_s_with_the_nodes_error(launch_watch, launch_service, ros_client):
+    launch_watch.launch_service = launch_service
     t0 = time.monotonic()
-    try:
-        with pytest.raises(pytest.fail.Exception) as failure:
-            watch.wait_for(lambda: lifecycle_state(client, NODE) == "active", f"{NODE} to become active")
-    finally:
-        client.close()
+    with pytest.raises(pytest.fail.Exception) as failure:
+        launch_watch.wait_for(lambda: lifecycle_state(ros_client, NODE) == "active", f"{NODE} to become active")
     elapsed = time.monotonic() - t0
     assert elapsed < START_TIMEOUT_S, f"took {elapsed:.1f} s"
     message = str(failure.value)
-    for needle in needles:
-        assert needle in message, message
+    assert re.search(r"livevlm_node-\d+ with exit code 1", message), message
+    assert "unknown parameter 'sample_fsp' (did you mean 'sample_fps'?)" in message, message  # the node's own error
+
+
+def test_a_launch_that_raises_is_reported_by_the_watch(launch_watch, tmp_path):
+    """A launch file that raises ends the launch (rc 1) before any process: LaunchWatch says so
+    (this is what made the old test wait for a ReadyToTest that never came)."""
+    from launch import LaunchService
+
+    launch_watch.reset()
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([
+        *launch_watch.actions(), include_livevlm_launch(params_file=str(tmp_path / "missing.yaml"))]))
+    assert service.run() == 1
+    problem = launch_watch.problem()
+    assert problem.startswith("the launch failed") and "missing.yaml: no such file" in problem, problem
+    assert launch_watch.process_names() == []
 
 
 def test_ros2_launch_with_a_missing_params_file_fails_at_once_and_starts_nothing():

@@ -21,17 +21,13 @@ import time
 import pytest
 import yaml
 
-from launch_helpers import LaunchWatch, change_state, lifecycle_state, require_launch_stack
-from ros_helpers import RosClient
+from launch_helpers import change_state, include_livevlm_launch, lifecycle_state, require_launch_stack
 
 require_launch_stack()
 
 import launch_pytest  # noqa: E402
 from launch import LaunchDescription  # noqa: E402
-from launch.actions import ExecuteProcess, IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from launch.substitutions import PathJoinSubstitution  # noqa: E402
-from launch_ros.substitutions import FindPackageShare  # noqa: E402
+from launch.actions import ExecuteProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE = "/edge/livevlm"
@@ -39,13 +35,6 @@ ROBOTS = {"robot1": 0.0, "robot2": -1000.0}  # name -> header stamp offset (s)
 #: The shipped fleet config with the model swapped for the tiny CPU one (and a small memory).
 TINY = {"model": "tiny-llava-onevision", "device": "cpu", "dtype": "float32", "clip_frames": 2,
         "budget_tokens": 256, "max_new_tokens": 8, "status_period_s": 0.5}
-
-
-@pytest.fixture(scope="module")
-def watch():
-    recorder = LaunchWatch()
-    yield recorder
-    recorder.close()
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +47,9 @@ def fleet_params(tmp_path_factory):
 
 
 @launch_pytest.fixture(scope="module")
-def launch_description(watch, fleet_params):
+def launch_description(launch_watch, fleet_params):
     _, params_file = fleet_params
-    edge = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("livevlm_ros"), "launch",
-                                                            "livevlm.launch.py"])),
-        launch_arguments={"params_file": str(params_file), "namespace": "edge", "autostart": "false"}.items(),
-    )
+    edge = include_livevlm_launch(params_file=str(params_file), namespace="edge", autostart="false")
     robots = [
         ExecuteProcess(cmd=[sys.executable, str(ROOT / "test" / "fleet_robot.py"), "--stream", name,
                             "--edge-node", EDGE, "--stamp-offset", str(offset), "--timeout", "60",
@@ -72,37 +57,29 @@ def launch_description(watch, fleet_params):
                        name=name, output="screen", additional_env={"PYTHONUNBUFFERED": "1"})
         for name, offset in ROBOTS.items()
     ]
-    return LaunchDescription([launch_pytest.actions.ReadyToTest(), *watch.actions(), edge, *robots])
-
-
-@pytest.fixture(scope="module")
-def client(watch, launch_service):
-    watch.launch_service = launch_service
-    ros = RosClient("livevlm_fleet_test_client")
-    yield ros
-    ros.close()
+    return LaunchDescription([launch_pytest.actions.ReadyToTest(), *launch_watch.actions(), edge, *robots])
 
 
 @pytest.mark.launch(fixture=launch_description)
-def test_autostart_false_waits_unconfigured_until_a_lifecycle_call_brings_it_up(client, watch):
+def test_autostart_false_waits_unconfigured_until_a_lifecycle_call_brings_it_up(launch_client, launch_watch):
     from lifecycle_msgs.msg import Transition
 
     from livevlm_interfaces.srv import Ask
 
-    state = watch.wait_for(lambda: lifecycle_state(client, EDGE), f"{EDGE}'s lifecycle services",
+    state = launch_watch.wait_for(lambda: lifecycle_state(launch_client, EDGE), f"{EDGE}'s lifecycle services",
                            may_exit=tuple(ROBOTS))
     assert state == "unconfigured"
     time.sleep(1.0)
-    assert lifecycle_state(client, EDGE) == "unconfigured"  # it waits for a lifecycle manager
-    assert not client.client(Ask, f"{EDGE}/ask").service_is_ready()
-    assert change_state(client, EDGE, Transition.TRANSITION_CONFIGURE)
-    assert lifecycle_state(client, EDGE) == "inactive"
-    assert change_state(client, EDGE, Transition.TRANSITION_ACTIVATE)
-    assert lifecycle_state(client, EDGE) == "active"
+    assert lifecycle_state(launch_client, EDGE) == "unconfigured"  # it waits for a lifecycle manager
+    assert not launch_client.client(Ask, f"{EDGE}/ask").service_is_ready()
+    assert change_state(launch_client, EDGE, Transition.TRANSITION_CONFIGURE)
+    assert lifecycle_state(launch_client, EDGE) == "inactive"
+    assert change_state(launch_client, EDGE, Transition.TRANSITION_ACTIVATE)
+    assert lifecycle_state(launch_client, EDGE) == "active"
 
 
 @pytest.mark.launch(fixture=launch_description)
-def test_two_robots_each_get_an_answer_from_their_own_stream(watch, fleet_params):
+def test_two_robots_each_get_an_answer_from_their_own_stream(launch_watch, fleet_params):
     import json
 
     params, _ = fleet_params
@@ -110,27 +87,28 @@ def test_two_robots_each_get_an_answer_from_their_own_stream(watch, fleet_params
     assert all(params[f"streams.{name}.transport"] == "compressed" for name in ROBOTS)
 
     def robots_done():
-        return all(watch.exit_code(name) is not None for name in ROBOTS)
+        return all(launch_watch.exit_code(name) is not None for name in ROBOTS)
 
-    watch.wait_for(robots_done, "both robots to ask and get their answers", timeout=60.0, may_exit=tuple(ROBOTS))
+    launch_watch.wait_for(robots_done, "both robots to ask and get their answers", timeout=60.0,
+                          may_exit=tuple(ROBOTS))
     results = {}
     for name in ROBOTS:
-        lines = [line for line in watch.output(name).splitlines() if line.startswith("RESULT ")]
-        assert lines, watch.output(name)
+        lines = [line for line in launch_watch.output(name).splitlines() if line.startswith("RESULT ")]
+        assert lines, launch_watch.output(name)
         results[name] = json.loads(lines[-1][len("RESULT "):])
-        assert watch.exit_code(name) == 0, watch.output()
+        assert launch_watch.exit_code(name) == 0, launch_watch.output()
         assert results[name]["success"] and results[name]["own_stream"], results[name]
     spans = sorted(r["span"] for r in results.values())
     assert spans[0][1] < spans[1][0]  # disjoint: two memories, one per robot
 
 
 @pytest.mark.launch(fixture=launch_description)
-def test_ctrl_c_twice_ends_the_node_with_exit_code_0(watch):
-    (name,) = watch.process_names("livevlm_node")
-    pid = watch.pids[name]
+def test_ctrl_c_twice_ends_the_node_with_exit_code_0(launch_watch):
+    (name,) = launch_watch.process_names("livevlm_node")
+    pid = launch_watch.pids[name]
     os.kill(pid, signal.SIGINT)  # from the terminal ...
     time.sleep(0.05)
     os.kill(pid, signal.SIGINT)  # ... and forwarded by ros2 launch
-    watch.wait_for(lambda: watch.exit_code("livevlm_node") is not None, "the node to exit", timeout=30.0,
-                   may_exit=(*ROBOTS, "livevlm_node"))
-    assert watch.exit_code("livevlm_node") == 0, watch.output("livevlm_node")
+    launch_watch.wait_for(lambda: launch_watch.exit_code("livevlm_node") is not None, "the node to exit",
+                          timeout=30.0, may_exit=(*ROBOTS, "livevlm_node"))
+    assert launch_watch.exit_code("livevlm_node") == 0, launch_watch.output("livevlm_node")

@@ -61,8 +61,8 @@ def write_ros1_bag(path, frames=3):
         jpeg = writer.add_connection("/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
         info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
         for k in range(frames):
-            header = T["std_msgs/msg/Header"](seq=1000 + k, stamp=T["builtin_interfaces/msg/Time"](sec=50 + k, nanosec=k),
-                                              frame_id="camera_optical")
+            stamp = T["builtin_interfaces/msg/Time"](sec=50 + k, nanosec=k)
+            header = T["std_msgs/msg/Header"](seq=1000 + k, stamp=stamp, frame_id="camera_optical")
             rgb = np.full((6, 8, 3), 40 * k, np.uint8)
             t = (10 + k) * 10**9
             writer.write(raw, t, ts.serialize_ros1(T["sensor_msgs/msg/Image"](
