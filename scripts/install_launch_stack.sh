@@ -11,7 +11,7 @@
 # or in DIR itself, and composition_interfaces (an interface package launch_ros imports) as
 # source: DIR/composition_interfaces-src.tar.gz or DIR/composition_interfaces/.
 #
-# Steps: pip install --no-deps the wheels, pip install their PyPI dependencies pinned in
+# Steps: pip install --no-deps the wheels and their PyPI dependencies pinned in
 # requirements-launch.txt, build composition_interfaces with cmake into .venv (as setup.sh builds
 # livevlm_interfaces), verify (imports, type support, `ros2 pkg prefix`, pytest < 8.4).
 # Idempotent: a re-run with the same DIR content only checks (about a second).
@@ -79,10 +79,13 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$FP" ] && verify >/dev/null 2>&1; t
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+# --no-deps for both: launch_ros declares ament_index_python, which the ROS 2 wheels provide
+# under another distribution name (ros-ament-index-python); the PyPI dependencies are pinned.
+pip_q() { "$VPY" -m pip "$@" 2> >(grep -v -E "^WARNING: Location '.*' is ignored" >&2); }
 say "pip install --no-deps ${#WHEELS[@]} wheels from $DIR"
-"$VPY" -m pip install -q --no-deps --force-reinstall "${WHEELS[@]}" || die "pip install of the wheels failed"
-say "pip install -r requirements-launch.txt (their PyPI dependencies)"
-"$VPY" -m pip install -q -r "$ROOT/requirements-launch.txt" || die "pip install -r requirements-launch.txt failed"
+pip_q install -q --no-deps --force-reinstall "${WHEELS[@]}" || die "pip install of the wheels failed"
+say "pip install --no-deps -r requirements-launch.txt (their PyPI dependencies)"
+pip_q install -q --no-deps -r "$ROOT/requirements-launch.txt" || die "pip install -r requirements-launch.txt failed"
 
 BUILD="$V/.build/composition_interfaces"
 rm -rf "$BUILD"

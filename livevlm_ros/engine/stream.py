@@ -311,7 +311,7 @@ class LiveVLMStream:
             on_token: called once per generated token with the complete characters it formed
                 (``""`` while it completes none: feedback keeps flowing), and once more for the
                 EOS token when the answer ends in bytes that never formed a character; the pieces
-                add up to ``answer``.
+                add up to ``answer`` (but for such bytes when the answer is cancelled).
             should_stop: polled before each token; returning True ends the answer (``"cancelled"``).
             do_sample / temperature / top_p / seed: sampling instead of greedy decoding.
 
