@@ -44,7 +44,11 @@ def launch_stack_missing() -> Optional[str]:
 
 
 def require_launch_stack() -> None:
-    """Skip the calling test module (at import) when the launch stack or rclpy is missing."""
+    """Skip the calling test module (at import) when the launch stack or rclpy is missing.
+
+    Only for what comes with the launch stack: where it is installed, launch_testing's pytest
+    plugin imports every test module while the directory is collected, and a skip raised at
+    import then skips the whole directory (use a ``pytestmark`` skipif for anything else)."""
     from ros_helpers import ros_missing_reason
 
     reason = launch_stack_missing() or ros_missing_reason()
