@@ -137,6 +137,16 @@ def pytest_collectreport(report):
             _launch_tests["skipped"].append((report.nodeid, str(report.longrepr)))
 
 
+def pytest_collection_modifyitems(config, items):
+    launch_items = [item for item in items if _is_launch_test(item.nodeid)]
+    if launch_items:
+        from launch_helpers import package_not_found
+
+        reason = package_not_found()
+        for item in launch_items if reason else []:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_runtest_logreport(report):
     if not _is_launch_test(report.nodeid):
         return

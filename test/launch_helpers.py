@@ -43,6 +43,19 @@ def launch_stack_missing() -> Optional[str]:
     return None
 
 
+def package_not_found() -> Optional[str]:
+    """Why launch cannot find livevlm_ros here (None: it can). conftest.py marks the launch
+    tests skipped with it (a mark: see :func:`require_launch_stack`)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        get_package_share_directory("livevlm_ros")
+    except (PackageNotFoundError, OSError, ValueError) as exc:
+        return (f"livevlm_ros is not on AMENT_PREFIX_PATH ({exc!r}): run through scripts/test.sh, which sets "
+                "it to .venv, or source .venv/setup.bash / a colcon install's setup.bash")
+    return None
+
+
 def require_launch_stack() -> None:
     """Skip the calling test module (at import) when the launch stack or rclpy is missing.
 
