@@ -8,7 +8,8 @@
 Arguments: params_file (default: the package's config/livevlm.yaml, LLaVA-OneVision-0.5B on a
 GPU; config/livevlm_tiny_cpu.yaml runs anywhere), namespace, node_name, image / compressed_image
 (remaps of the default stream's topic, raw / compressed), use_sim_time, log_level, autostart
-(false: leave the node unconfigured for a lifecycle manager).
+(false: leave the node unconfigured for a lifecycle manager). A params_file that does not
+exist fails the launch at once (launch_ros alone would start the node with its defaults).
 
 Sets FASTDDS_DEFAULT_PROFILES_FILE to the package's config/fastdds_large_images.xml (shared
 memory with 16 MB segments: best-effort camera frames above ~0.5 MB are otherwise lost between
@@ -33,6 +34,18 @@ def _config_dir() -> Path:
         return Path(get_package_share_directory("livevlm_ros")) / "config"
     except Exception:  # not installed (running from a checkout), or AMENT_PREFIX_PATH unset
         return Path(__file__).resolve().parents[1] / "config"
+
+
+def _check_params_file(context, *args, **kwargs):
+    """Fail the launch at once when ``params_file`` is not a file: launch_ros would only warn and
+    start the node with the built-in defaults (on a GPU host: the default model, wrong config)."""
+    path = Path(LaunchConfiguration("params_file").perform(context)).expanduser()
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in _config_dir().glob("livevlm*.yaml")))
+        raise FileNotFoundError(
+            f"params_file:={path}: no such file. Pass a parameter file that exists, e.g. one of the "
+            f"package's configs in {_config_dir()}: {shipped}")
+    return []
 
 
 def _fastdds_profile(context, *args, **kwargs):
@@ -79,4 +92,5 @@ def generate_launch_description() -> LaunchDescription:
         ],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
     )
-    return LaunchDescription(args + [OpaqueFunction(function=_fastdds_profile), node])
+    return LaunchDescription(args + [OpaqueFunction(function=_check_params_file),
+                                     OpaqueFunction(function=_fastdds_profile), node])

@@ -118,6 +118,19 @@ def test_streaming_callback_reassembles_the_answer_and_cancel_stops():
     assert cancelled.cancelled and cancelled.new_tokens == 3
 
 
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-smolvlm"])
+def test_the_callback_runs_once_per_generated_token(name):
+    """D9: tokens that complete no character yet (random weights make many) were not reported,
+    so the node's action feedback stalled; now every token is, with "" when it formed nothing."""
+    stream = stream_of(name, random_frames(6), clip_frames=3)
+    pieces = []
+    result = stream.ask("describe", max_new_tokens=48, on_token=pieces.append)
+    eos_tail = result.stop_reason == "eos" and len(pieces) == result.new_tokens + 1  # the EOS token's piece
+    assert len(pieces) == result.new_tokens or eos_tail, (len(pieces), result.new_tokens, result.stop_reason)
+    assert "".join(pieces) == result.answer
+    assert result.new_tokens > 0 and "" in pieces  # some tokens formed no complete character
+
+
 def test_sampling_is_reproducible_with_a_seed():
     stream = stream_of("tiny-smolvlm", random_frames(6), clip_frames=3)
     a = stream.ask("describe", max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, seed=7)

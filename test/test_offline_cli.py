@@ -132,6 +132,18 @@ def test_invalid_config_is_a_usage_error(capsys):
     assert "clip_frames must be in [1, 1024]" in capsys.readouterr().err
 
 
+def test_a_negative_ask_time_gets_the_ask_syntax_message(capsys):
+    """D8: argparse took "-3:what?" for an option ("expected one argument")."""
+    with pytest.raises(SystemExit) as info:
+        offline.main(["source.mp4", "--ask", "-3:what?"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "T >= 0 seconds since the first frame, got '-3:what?'" in err and "expected one argument" not in err
+    assert offline.parse_args(["s.mp4", "--ask", "2:ok", "--json"]).asks == [offline.Ask(2.0, "ok")]
+    with pytest.raises(SystemExit):  # a missing value is still argparse's error
+        offline.parse_args(["s.mp4", "--ask", "--json"])
+
+
 def test_missing_source_exits_1(capsys):
     assert offline.main(["/nonexistent/video.mp4", "--no-progress"]) == 1
     assert "no such file or directory" in capsys.readouterr().err
@@ -317,6 +329,59 @@ def test_main_human_output_with_fake_engine(fake_engine, tmp_path, capsys):
     assert "Q: what?" in out and "A: A:what?" in out and "memory: 40 tokens (budget 100), 4 frames ingested" in out
 
 
+def test_failed_questions_exit_3_with_the_output_complete(fake_engine, tmp_path, capsys):
+    """D2: every question failing (or some) is a failed run, not exit 0."""
+    folder = image_folder(tmp_path)
+    assert offline.main([folder, "--json", "--no-progress", "--ask", "1:boom", "--ask", "2:fine"]) == 3
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # the JSON is still complete
+    assert [a["error"] for a in report["answers"]] == ["EmptyMemoryError: no frame in memory", None]
+    assert "1 of 2 question(s) failed: [1.00 s] EmptyMemoryError: no frame in memory" in err
+    assert offline.main([folder, "--no-progress", "--ask", "1:boom"]) == offline.EXIT_QUESTIONS_FAILED
+    assert "ERROR: EmptyMemoryError" in capsys.readouterr().out
+    assert offline.main([folder, "--no-progress", "--ask", "1:fine"]) == 0
+
+
+def test_an_ask_after_the_end_shows_when_it_was_answered(fake_engine, tmp_path, capsys):
+    """D6: the text showed the requested [200.00 s] though the answer came from the last frame."""
+    assert offline.main([image_folder(tmp_path), "--no-progress", "--ask", "200:late?", "--ask", "1:early?"]) == 0
+    out = capsys.readouterr().out
+    assert "[    3.00 s] Q: late?   (asked for 200.00 s, after the end of the source)" in out
+    assert "[  200.00 s]" not in out and "[    1.00 s] Q: early?" in out
+
+
+class BackwardsScene(SyntheticScene):
+    """The synthetic scene with one frame stamped 0.3 s before the frame it follows."""
+
+    def _lazy_frames(self):
+        for t, decode in super()._lazy_frames():
+            yield t, decode
+            if t == 1.0:
+                yield 0.7, decode
+
+
+def test_frames_going_back_in_time_are_reported(fake_engine, monkeypatch, tmp_path, capsys):
+    """D3: they were dropped without a word (FrameSource.out_of_order was never reported)."""
+    monkeypatch.setattr(offline, "open_source", lambda *a, **k: BackwardsScene(width=32, height=32, duration_s=2.0))
+    assert offline.main(["scene", "--json", "--no-progress", "--fps", "0", "--ask", "1.5:q"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["source"]["frames_out_of_order"] == 1 and report["source"]["frames_ingested"] == 4
+    assert "warning: frame at 0.700 s dropped: its stamp went back 0.300 s before the last kept frame" in err
+    assert offline.main(["scene", "--no-progress", "--fps", "0"]) == 0
+    assert "1 frame(s) dropped: their time went backwards" in capsys.readouterr().out
+
+
+def test_only_the_first_frames_going_back_are_warned_about_one_by_one():
+    warnings = []
+    run = offline.OfflineRun(FakeStream(), [], warn=warnings.append)
+    run.relative(10.0)
+    for k in range(8):
+        run.out_of_order(9.0 - k, "stamp went back")
+    assert run.frames_out_of_order == 8 and len(warnings) == offline.OUT_OF_ORDER_WARNINGS
+    assert warnings[-1].endswith("(further ones are counted, not shown)")
+
+
 def test_model_load_failure_exits_1(monkeypatch, tmp_path, capsys):
     def fail(model, device, dtype):
         raise ModelLoadError(f"model directory {model!r} does not exist")
@@ -377,10 +442,11 @@ def test_json_contract_tiny_model_on_real_video(capsys):
         ]
     )
     out, err = capsys.readouterr()
-    assert status == 0, err
+    assert status == offline.EXIT_QUESTIONS_FAILED, err  # the too-long question failed
     report = json.loads(out)
     answers = report["answers"]
     assert [a["time"] for a in answers] == [0.0, 2.0, 3.0, 60.0]
+    assert [a["after_end"] for a in answers] == [False, False, False, True]
     for entry in answers:
         assert set(entry) >= ANSWER_KEYS
     first, too_long, mid, late = answers

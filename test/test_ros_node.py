@@ -415,10 +415,14 @@ def test_bad_goal_is_aborted_with_the_error(ros_client, node):
 
 
 def test_reset_one_stream_then_all(ros_client, status):
+    before, _ = latest_status(status)
     r = reset(ros_client, "front")
     assert r.success and r.error == ""
     streams, _ = latest_status(status)
     assert streams["front"].newest_stamp.sec == 0 and streams["rear"].newest_stamp.sec > 0
+    # D5: the reset stream counts from zero again, the other goes on
+    assert streams["front"].frames_received < before["front"].frames_received
+    assert streams["rear"].frames_received >= before["rear"].frames_received
     a = ask(ros_client, stream="front")
     assert not a.success and "nothing to answer from" in a.error
     assert ask(ros_client, stream="rear", max_new_tokens=2).success

@@ -21,11 +21,13 @@ def test_a_model_that_cannot_load_fails_configure_and_exits_1(node_process):
 
 
 def test_invalid_settings_fail_configure_with_every_problem_listed(node_process):
-    proc = node_process({**TINY, "device": "gpu", "memory": "lru", "streams": ["a", "a"]}, name="livevlm_badcfg")
+    proc = node_process({**TINY, "device": "gpu", "memory": "lru", "streams": ["a", "a"], "sample_fsp": 2.0},
+                        name="livevlm_badcfg")
     rc = proc.wait_exit(90.0)
     out = proc.output()
     assert rc == 1, out
-    for needle in ("device must be cpu, cuda or cuda:N", "memory must be one of", "stream names must be unique"):
+    for needle in ("device must be cpu, cuda or cuda:N", "memory must be one of", "stream names must be unique",
+                   "unknown parameter 'sample_fsp' (did you mean 'sample_fps'?)"):  # L6: misspelled, not ignored
         assert needle in out, needle
     assert "loading model" not in out  # failed before touching the model
 

@@ -45,6 +45,70 @@ def test_replay_reports_unknown_topics_and_bad_rate(shared_data):
     assert out.returncode == 2
 
 
+def write_ros1_bag(path, frames=3):
+    """A ROS 1 .bag as a ROS 1 driver records it (ROS 1 message definitions: Header with seq):
+    raw rgb8 Image, JPEG CompressedImage and CameraInfo."""
+    import numpy as np
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from livevlm_ros.tools.ros_cli import jpeg_bytes
+
+    ts = get_typestore(Stores.ROS1_NOETIC)
+    T = ts.types
+    with Writer(path) as writer:
+        raw = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
+        jpeg = writer.add_connection("/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
+        for k in range(frames):
+            stamp = T["builtin_interfaces/msg/Time"](sec=50 + k, nanosec=k)
+            header = T["std_msgs/msg/Header"](seq=1000 + k, stamp=stamp, frame_id="camera_optical")
+            rgb = np.full((6, 8, 3), 40 * k, np.uint8)
+            t = (10 + k) * 10**9
+            writer.write(raw, t, ts.serialize_ros1(T["sensor_msgs/msg/Image"](
+                header=header, height=6, width=8, encoding="rgb8", is_bigendian=0, step=24, data=rgb.reshape(-1)),
+                "sensor_msgs/msg/Image"))
+            writer.write(jpeg, t, ts.serialize_ros1(T["sensor_msgs/msg/CompressedImage"](
+                header=header, format="jpeg", data=np.frombuffer(jpeg_bytes(rgb), np.uint8)),
+                "sensor_msgs/msg/CompressedImage"))
+            roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+            writer.write(info, t, ts.serialize_ros1(T["sensor_msgs/msg/CameraInfo"](
+                header=header, height=6, width=8, distortion_model="plumb_bob", D=np.zeros(5), K=np.arange(9.0),
+                R=np.eye(3).reshape(-1), P=np.zeros(12), binning_x=0, binning_y=0, roi=roi),
+                "sensor_msgs/msg/CameraInfo"))
+
+
+@requires_ros
+def test_replay_publishes_a_ros1_bag_as_ros2_messages(ros_client, tmp_path):
+    """D1: a ROS 1 Header has a seq ROS 2 dropped; converting with the bag's own definitions
+    shifted every field after it (SerdeError "Invalid string length" on CompressedImage)."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    from livevlm_ros.io.image_codec import decode_image_msg
+    from livevlm_ros.tools.replay import BagPlayer
+
+    bag = tmp_path / "camera.bag"
+    write_ros1_bag(bag)
+    received = {cls: ros_client.subscribe(cls, f"/ros1_replay{topic}") for cls, topic in (
+        (Image, "/cam/image_raw"), (CompressedImage, "/cam/image_raw/compressed"), (CameraInfo, "/cam/camera_info"))}
+    player = BagPlayer(ros_client.node, bag, rate=20.0, log=lambda _line: None,
+                       remap={t: f"/ros1_replay{t}" for t in ("/cam/image_raw", "/cam/image_raw/compressed",
+                                                               "/cam/camera_info")})
+    assert player.wait_for_subscribers(10.0) == []
+    summary = player.play()
+    assert sum(summary.published.values()) == 9 and summary.loops == 1
+    wait_until(lambda: all(len(msgs) == 3 for msgs in received.values()), 10.0, "3 messages on each topic")
+    for cls, msgs in received.items():
+        assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs] == [(50, 0), (51, 1), (52, 2)], cls
+        assert all(m.header.frame_id == "camera_optical" for m in msgs)
+    for k, (image, jpeg) in enumerate(zip(received[Image], received[CompressedImage])):
+        assert (image.width, image.height, image.encoding) == (8, 6, "rgb8")
+        assert int(decode_image_msg(image)[0, 0, 0]) == 40 * k
+        assert jpeg.format == "jpeg" and abs(int(decode_image_msg(jpeg)[0, 0, 0]) - 40 * k) <= 3
+    info = received[CameraInfo][0]
+    assert list(info.k) == list(range(9)) and info.distortion_model == "plumb_bob" and len(info.d) == 5
+
+
 # ============================================================================ graph
 @pytest.fixture(scope="module")
 def replay_node(node_process, ros_client, shared_data):

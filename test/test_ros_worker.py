@@ -10,7 +10,7 @@ import pytest
 from livevlm_ros.engine.errors import EmptyMemoryError, TimestampError
 from livevlm_ros.engine.results import AskResult, MemoryStats
 from livevlm_ros.io.image_codec import ImageDecodeError
-from livevlm_ros.ros.frame_sampler import FrameSampler, Verdict
+from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.ros.parameters import QosSettings, StreamSettings
 from livevlm_ros.ros.questions import Question
 from livevlm_ros.ros.worker import (
@@ -18,6 +18,7 @@ from livevlm_ros.ros.worker import (
     QueueFullError,
     QuestionJob,
     ResetJob,
+    StreamCounts,
     StreamRuntime,
     WorkerStoppedError,
 )
@@ -99,7 +100,7 @@ class Log:
 
 def runtime(name="front", engine=None, fps=0.0, policy="reset", depth=1):
     settings = StreamSettings(name=name, topic=f"{name}/image", transport="raw", qos=QosSettings())
-    return StreamRuntime(settings, engine or FakeStream(), FrameSampler(fps, policy), depth)
+    return StreamRuntime(settings, engine or FakeStream(), FrameSampler(fps, policy, require_stamps=True), depth)
 
 
 @pytest.fixture
@@ -235,6 +236,28 @@ def test_cancel_while_answering_returns_the_partial_answer(make_worker):
     assert a.answer == "w0 w1 w2 " and tokens[-1] == ("w2 ", "w0 w1 w2 ", 3)
 
 
+def test_every_token_is_fed_back_even_when_it_adds_no_text(make_worker):
+    """D9, the ROS side of the engine's contract: on_token runs once per generated token, with ""
+    while a character is unfinished; each call becomes one feedback with the token count."""
+
+    class UnfinishedCharacters(FakeStream):
+        def ask(self, question, *, on_token=None, **kwargs):
+            for piece in ("a", "", "", "\u20ac", ""):
+                on_token(piece)
+            return AskResult(answer="a\u20ac\ufffd", ttft_s=0.001, total_s=0.01, frames_seen=1, span_start=1.0,
+                             span_end=1.0, memory_tokens=10, context_tokens=1.0, pages_retrieved=0.0,
+                             pages_total=0.0, new_tokens=5, stop_reason="length")
+
+    rt = runtime(engine=UnfinishedCharacters())
+    worker = make_worker(rt)
+    feed(rt, worker, [1.0])
+    feedback = []
+    job = ask(worker, on_token=lambda new, partial, n: feedback.append((new, partial, n)))
+    assert job.wait(5.0) and job.result.success
+    assert feedback == [("a", "a", 1), ("", "a", 2), ("", "a", 3), ("\u20ac", "a\u20ac", 4), ("", "a\u20ac", 5)]
+    assert job.result.answer == "a\u20ac\ufffd" and job.result.new_tokens == 5
+
+
 def test_cancel_while_queued(make_worker):
     rt = runtime(engine=FakeStream(tokens=50, token_delay_s=0.01))
     worker = make_worker(rt)
@@ -281,6 +304,26 @@ def test_reset_job_clears_one_stream_and_pending_frames(make_worker):
     # the sampler restarted: an earlier stamp is a fresh start, not a jump back
     feed(a, worker, [0.5])
     wait_for(lambda: a.engine.stamps == [0.5])
+
+
+def test_reset_starts_the_stream_counters_again_from_zero(make_worker):
+    """D5: StreamStatus counts since configure or the stream's last ~/reset."""
+    a, b = runtime("front", depth=4), runtime("rear", depth=4)
+    worker = make_worker(a, b)
+    a.offer(0.0, lambda: FRAME)  # rejected: header stamp zero
+    feed(a, worker, [1.0, 2.0, 3.0])
+    feed(b, worker, [1.0, 2.0])
+    wait_for(lambda: a.counts().ingested == 3 and b.counts().ingested == 2)
+    assert a.counts().received == 4 and a.counts().rejected == 1 and a.rate.rate_hz() > 0
+    job = ResetJob("front")
+    worker.submit(job)
+    assert job.wait(5.0) and job.result == ""
+    assert a.counts() == StreamCounts(received=0, sampled=0, ingested=0, dropped=0, rejected=0, queue_depth=0)
+    assert a.rate.rate_hz() == 0.0
+    assert b.counts().received == 2 and b.counts().ingested == 2  # the other stream keeps counting
+    feed(a, worker, [0.5])
+    wait_for(lambda: a.counts().ingested == 1)
+    assert a.counts() == StreamCounts(received=1, sampled=1, ingested=1, dropped=0, rejected=0, queue_depth=0)
 
 
 def test_stamps_going_back_reset_the_memory_under_policy_reset(make_worker):

@@ -10,7 +10,6 @@ from livevlm_ros.io.sources import (
     BagSource,
     FolderSource,
     SourceError,
-    TimestampSampler,
     VideoSource,
     open_source,
 )
@@ -23,59 +22,6 @@ BAG_T0 = 1_700_000_000.0
 needs_data = pytest.mark.skipif(
     not VIDEO.is_file(), reason=f"shared data not found at {SHARED_DATA} (set LIVEVLM_SHARED_DATA)"
 )
-
-
-# ------------------------------------------------------------------------------------------
-# TimestampSampler
-# ------------------------------------------------------------------------------------------
-
-
-def kept(times, fps):
-    sampler = TimestampSampler(fps)
-    return [t for t in times if sampler.keep(t)]
-
-
-def test_sampler_keeps_everything_without_fps():
-    times = [0.0, 0.01, 0.01, 0.5, 3.0]
-    assert kept(times, None) == times and kept(times, 0) == times
-
-
-def test_sampler_rate_is_fps_even_when_source_rate_is_not_a_multiple():
-    times = [k * 0.08 for k in range(377)]  # 12.5 fps, 30.16 s
-    out = kept(times, 2.0)
-    assert len(out) == 61  # 2 per second + the first; the "gap >= 1/fps" rule would keep only 54
-    slots = [math.floor(t / 0.5 + 1e-9) for t in out]
-    assert slots == list(range(61))  # exactly one frame per half-second slot
-
-
-def test_sampler_exact_grid_and_float_noise():
-    times = [k / 30.0 for k in range(300)]  # 10 s at 30 fps
-    assert len(kept(times, 1.0)) == 10
-    assert len(kept([k * 0.1 for k in range(100)], 10.0)) == 100  # 0.1 * k float noise tolerated
-
-
-def test_sampler_restarts_after_gap_and_drops_out_of_order():
-    sampler = TimestampSampler(1.0)
-    decisions = [sampler.keep(t) for t in (0.0, 0.4, 1.0, 0.9, 7.3, 7.9, 8.2, 8.3)]
-    assert decisions == [True, False, True, False, True, False, False, True]  # grid re-anchored at 7.3
-    assert sampler.out_of_order == 1
-
-
-def test_sampler_never_goes_back_in_time_without_fps():
-    assert kept([1.0, 2.0, 1.5, 2.0, 3.0], None) == [1.0, 2.0, 2.0, 3.0]
-
-
-@pytest.mark.parametrize("fps", [-1.0, float("nan"), float("inf")])
-def test_sampler_rejects_bad_fps(fps):
-    with pytest.raises(ValueError, match="fps"):
-        TimestampSampler(fps)
-
-
-def test_sampler_expected():
-    assert TimestampSampler(2.0).expected(30.16, 377) == 61
-    assert TimestampSampler(100.0).expected(30.16, 377) == 377
-    assert TimestampSampler(None).expected(30.16, 377) == 377
-    assert TimestampSampler(2.0).expected(None, 377) == 377
 
 
 # ------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ class Decoded:
 
 
 def decode_n_tokens(model, cache, logits: torch.Tensor, max_new: int, sampling: Sampling, *,
-                    stop_ids: frozenset, on_token: Optional[Callable[[int], None]] = None,
+                    stop_ids: frozenset, on_token: Optional[Callable[[int, bool], None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None,
                     check_first: Optional[Callable[[list], None]] = None,
                     extra_first: Optional[torch.Tensor] = None) -> Decoded:
@@ -114,7 +114,7 @@ def decode_n_tokens(model, cache, logits: torch.Tensor, max_new: int, sampling: 
 
     Args:
         stop_ids: tokens that end the answer (not emitted).
-        on_token: called with each emitted token id.
+        on_token: called with each emitted token id, and whether it is the last the length allows.
         should_stop: polled before each token; True ends the answer (``"cancelled"``).
         check_first / extra_first: ``extra_first`` (a ``[m]`` int64 device tensor) is read together with the
             first token, in the same host read, and ``check_first(values)`` may raise on it (e.g. an empty
@@ -142,7 +142,7 @@ def decode_n_tokens(model, cache, logits: torch.Tensor, max_new: int, sampling: 
             break
         ids.append(value)
         if on_token is not None:
-            on_token(value)
+            on_token(value, step + 1 == max_new)
         if step + 1 < max_new:
             token = sampling.pick(decode_one_token(model, token, cache), generator)
     return Decoded(ids, stop_reason, first_s)

@@ -335,8 +335,10 @@ class LiveVLMStream:
         Args:
             since / until: optional stream-time window (s); only memory from frames stamped in
                 ``[since, until]`` may be used (the prefix always is).
-            on_token: called once per generated token with the text it completes (possibly empty
-                while a multi-byte character is incomplete); the pieces concatenate to the answer.
+            on_token: called once per generated token with the complete characters it formed
+                (``""`` while it completes none: feedback keeps flowing), and once more for the
+                EOS token when the answer ends in bytes that never formed a character; the pieces
+                add up to ``answer`` (but for such bytes when the answer is cancelled).
             should_stop: polled before each token; returning True ends the answer (``"cancelled"``).
             do_sample / temperature / top_p / seed: sampling instead of greedy decoding.
             evidence: report the ``evidence`` frames the answer drew on most (:attr:`AskResult.evidence`):
@@ -360,8 +362,10 @@ class LiveVLMStream:
             cache, logits, builder = self._begin(request, request.max_new_tokens)
             text = IncrementalDecoder(self.model.decode)
 
-            def emit(token: int) -> None:
+            def emit(token: int, last: bool) -> None:
                 piece = text.push(token)
+                if last:  # nothing can complete a held-back character any more
+                    piece += text.finish()
                 if on_token is not None:
                     on_token(piece)
 
@@ -371,7 +375,7 @@ class LiveVLMStream:
                 decoded = generate.decode_n_tokens(
                     self.model, cache, logits, request.max_new_tokens, sampling, stop_ids=self.model.eos_token_ids,
                     on_token=emit, should_stop=should_stop, **self._first_token_check(request, builder))
-            tail = text.finish()
+            tail = text.finish()  # after EOS or a cancel: bytes that never became a character
             if tail and on_token is not None:
                 on_token(tail)
             self._remember_context(cache, builder)

@@ -1,9 +1,11 @@
-"""ROS-free frame I/O: image message decoding, offline frame sources, a synthetic test scene.
+"""ROS-free frame I/O: image message decoding, the frame sampler, offline frame sources, a
+synthetic test scene.
 
 Importing this package needs only numpy and Pillow; PyAV and rosbags are imported when a
 video or bag source is opened.
 """
 
+from .frame_sampler import FrameSampler, JumpPolicy, SampleDecision, Verdict
 from .image_codec import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_COMPRESSED_FORMATS,
@@ -19,7 +21,6 @@ from .sources import (
     FolderSource,
     FrameSource,
     SourceError,
-    TimestampSampler,
     VideoSource,
     open_source,
     stamp_to_seconds,
@@ -39,7 +40,10 @@ __all__ = [
     "FolderSource",
     "FrameSource",
     "SourceError",
-    "TimestampSampler",
+    "FrameSampler",
+    "JumpPolicy",
+    "SampleDecision",
+    "Verdict",
     "VideoSource",
     "open_source",
     "stamp_to_seconds",

@@ -329,7 +329,10 @@ def decode_compressed_image(data: Buffer, format: str = "", max_pixels: int = DE
         raise
     except Image.DecompressionBombError as err:  # Pillow's own limit, checked in open() from the header
         raise ImageDecodeError(f"{what}: size exceeds max_pixels={max_pixels}: {err}") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError as err:  # its message names the BytesIO object, not the data
+        raise ImageDecodeError(f"{what}: cannot decode: not a JPEG or PNG image "
+                               f"(data starts with {bytes(flat[:8]).hex(' ')})") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"{what}: cannot decode: {err}") from err
     return _pil_to_rgb(image)
 

@@ -3,8 +3,11 @@
 A :class:`FrameSource` is a re-iterable sequence of ``(timestamp_s, rgb)`` pairs, where
 ``timestamp_s`` is a ``float`` in seconds (the source's own clock: video presentation time,
 message header stamps, or index / folder fps) and ``rgb`` is a new ``(H, W, 3)`` ``uint8`` RGB
-array. Frames are sampled by timestamp with :class:`TimestampSampler` *before* they are decoded,
-so sampling a 30 fps video at 1 fps only converts one frame in thirty.
+array. Frames are sampled by timestamp *before* they are decoded (so sampling a 30 fps video
+at 1 fps only converts one frame in thirty), with :class:`~livevlm_ros.io.frame_sampler.FrameSampler`,
+the sampler the node uses on header stamps: a bag run offline keeps the frames the node keeps
+when the same bag is replayed into it. Frames whose time goes backwards are dropped, counted
+(:attr:`FrameSource.out_of_order`) and reported to an ``on_rejected`` callback.
 
 ``open_source(path, topic=None, fps=None)`` picks the right source for a path. Heavy libraries
 (PyAV, rosbags) are imported only when a source of that kind is opened.
@@ -20,13 +23,13 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .frame_sampler import FrameSampler, JumpPolicy, Verdict
 from .image_codec import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_compressed_image, decode_image_msg
 
 __all__ = [
     "Frame",
     "FrameSource",
     "SourceError",
-    "TimestampSampler",
     "VideoSource",
     "BagSource",
     "FolderSource",
@@ -55,59 +58,6 @@ class SourceError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Sampling by timestamp (the only place this logic lives)
-# --------------------------------------------------------------------------------------------
-
-
-class TimestampSampler:
-    """Keeps frames at (at most) ``fps`` frames per second of *timestamp* time.
-
-    Time is divided into slots of ``1/fps`` s anchored at the first kept frame; a frame is kept
-    when it is the first one at or past the next due slot (with a 1 us tolerance for float
-    stamps). Anchoring to the slot grid instead of to the last kept frame keeps the average
-    rate at ``fps`` when the source rate is not a multiple of it (12.5 fps sampled at 2 fps
-    keeps 2 frames/s, not 1.79); two kept frames are never in the same slot. After a gap the
-    grid restarts at the first frame after it. ``fps`` ``None`` or ``0`` keeps every frame.
-
-    Frames stamped *earlier* than the last kept one are always dropped (counted in
-    :attr:`out_of_order`), so the kept timestamps never decrease, as the engine requires.
-    """
-
-    _TOLERANCE_S = 1e-6
-
-    def __init__(self, fps: Optional[float] = None) -> None:
-        if fps is not None and (not math.isfinite(fps) or fps < 0):
-            raise ValueError(f"fps must be None, 0 or a positive number, got {fps!r}")
-        self.period = 1.0 / fps if fps else 0.0
-        self.last_kept: Optional[float] = None
-        self.next_due: Optional[float] = None
-        self.out_of_order = 0
-
-    def keep(self, t: float) -> bool:
-        """Whether the frame stamped ``t`` (seconds) is kept; updates the state if it is."""
-        if self.last_kept is not None and t < self.last_kept:
-            self.out_of_order += 1
-            return False
-        if self.next_due is not None and t < self.next_due - self._TOLERANCE_S:
-            return False
-        self.last_kept = t
-        if self.period:
-            if self.next_due is None or t >= self.next_due + self.period:  # first frame, or after a gap
-                self.next_due = t + self.period
-            else:
-                self.next_due += self.period
-        return True
-
-    def expected(self, duration_s: Optional[float], native_frames: Optional[int]) -> Optional[int]:
-        """Estimated number of kept frames for a source spanning ``duration_s`` seconds with
-        ``native_frames`` frames (either may be ``None`` when unknown)."""
-        if not self.period or duration_s is None:
-            return native_frames
-        estimate = int(math.floor(duration_s / self.period + self._TOLERANCE_S)) + 1
-        return estimate if native_frames is None else min(estimate, native_frames)
-
-
-# --------------------------------------------------------------------------------------------
 # Base class
 # --------------------------------------------------------------------------------------------
 
@@ -123,7 +73,8 @@ class FrameSource:
         fps: sampling rate in frames per second of timestamp time (``None``: every frame).
         duration_s: seconds from the first to the last frame, ``None`` if unknown.
         native_frames: frames in the source before sampling, ``None`` if unknown.
-        out_of_order: frames dropped by the last iteration for going back in time.
+        out_of_order: frames the last iteration dropped because their time went back before the
+            last kept frame (or was not a finite number).
     """
 
     name: str = "frames"
@@ -131,9 +82,15 @@ class FrameSource:
     native_frames: Optional[int] = None
 
     def __init__(self, fps: Optional[float] = None) -> None:
-        TimestampSampler(fps)  # validate early
+        if fps is not None and (not math.isfinite(fps) or fps < 0):
+            raise ValueError(f"fps must be None, 0 or a positive number, got {fps!r}")
         self.fps = fps
         self.out_of_order = 0
+
+    def sampler(self) -> FrameSampler:
+        """A fresh sampler at :attr:`fps`; frames going back in time are rejected (the engine
+        needs non-decreasing times; a looping recording is not a thing offline)."""
+        return FrameSampler(self.fps or 0.0, JumpPolicy.REJECT)
 
     def _lazy_frames(self) -> Iterator[LazyFrame]:
         raise NotImplementedError
@@ -141,19 +98,28 @@ class FrameSource:
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
 
-    def frames(self, on_bad_frame: Optional[Callable[[float, ImageDecodeError], None]] = None) -> Iterator[Frame]:
+    def frames(self, on_bad_frame: Optional[Callable[[float, ImageDecodeError], None]] = None,
+               on_rejected: Optional[Callable[[float, str], None]] = None) -> Iterator[Frame]:
         """Iterate the sampled frames.
 
         Args:
             on_bad_frame: called with ``(timestamp_s, error)`` for a frame that fails to decode,
-                which is then skipped; ``None`` (the default, and plain iteration): the
-                :class:`~livevlm_ros.io.image_codec.ImageDecodeError` is raised.
+                which is then skipped (and does not delay the next one); ``None`` (the default,
+                and plain iteration): the :class:`~livevlm_ros.io.image_codec.ImageDecodeError`
+                is raised.
+            on_rejected: called with ``(timestamp_s, reason)`` for a frame dropped because its
+                time went backwards (counted in :attr:`out_of_order` either way).
         """
-        sampler = TimestampSampler(self.fps)
+        sampler = self.sampler()
+        self.out_of_order = 0
         for timestamp, decode in self._lazy_frames():
-            keep = sampler.keep(timestamp)
-            self.out_of_order = sampler.out_of_order
-            if not keep:
+            decision = sampler.evaluate(timestamp)
+            if decision.verdict is Verdict.REJECT:
+                self.out_of_order += 1
+                if on_rejected is not None:
+                    on_rejected(timestamp, decision.reason)
+                continue
+            if not decision.keep:
                 continue
             try:
                 rgb = decode()
@@ -162,12 +128,13 @@ class FrameSource:
                     raise
                 on_bad_frame(timestamp, err)
                 continue
+            sampler.commit(decision)
             yield timestamp, rgb
 
     @property
     def expected_frames(self) -> Optional[int]:
         """Estimated number of frames an iteration yields (for progress bars), ``None`` if unknown."""
-        return TimestampSampler(self.fps).expected(self.duration_s, self.native_frames)
+        return self.sampler().expected_count(self.duration_s, self.native_frames)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, fps={self.fps})"

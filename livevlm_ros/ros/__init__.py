@@ -1,9 +1,10 @@
 """The thin ROS 2 layer of livevlm_ros.
 
 Pure logic lives in small modules that import neither rclpy nor torch, so it is unit-tested
-without a ROS graph:
+without a ROS graph (frames are sampled by :mod:`livevlm_ros.io.frame_sampler`, the sampler
+of every entry point):
 
-* :mod:`.frame_sampler`     keep frames at ``sample_fps`` by header stamp; stamps going backwards.
+* :mod:`.cdr`               the header stamp of a serialized message (sampling without deserializing).
 * :mod:`.latest_frame_slot` latest-wins bounded hand-over from an image callback to the worker.
 * :mod:`.parameters`        every node parameter (with descriptors) -> a validated ``NodeSettings``.
 * :mod:`.questions`         validation of Ask requests, time windows, stamp <-> seconds.

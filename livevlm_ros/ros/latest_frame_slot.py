@@ -28,8 +28,9 @@ class LatestFrameSlot(Generic[T]):
         depth: frames held at most (>= 1); 1 keeps only the newest.
 
     Attributes:
-        dropped: items overwritten before the worker took them (or cleared), since creation.
-        put_count / taken: items put / taken since creation.
+        dropped: items overwritten before the worker took them (or cleared), since creation or
+            the last :meth:`reset`.
+        put_count / taken: items put / taken since creation or the last :meth:`reset`.
     """
 
     def __init__(self, depth: int = 1) -> None:
@@ -76,6 +77,12 @@ class LatestFrameSlot(Generic[T]):
             self._items.clear()
             self.dropped += n
             return n
+
+    def reset(self) -> None:
+        """Drop every pending item and zero the counters (a memory reset starts the count again)."""
+        with self._lock:
+            self._items.clear()
+            self.dropped = self.put_count = self.taken = 0
 
     def newest(self) -> Optional[T]:
         """The newest pending item without taking it."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import signal
 import sys
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
@@ -57,9 +58,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from livevlm_interfaces.action import Ask as AskAction
 from livevlm_interfaces.msg import MemoryStatus, StreamStatus
 from livevlm_interfaces.srv import Ask, Reset
+from livevlm_ros.io.frame_sampler import FrameSampler, JumpPolicy, Verdict
 from livevlm_ros.io.image_codec import decode_image_msg
 
-from .frame_sampler import FrameSampler, JumpPolicy, Verdict, cdr_header_stamp
+from .cdr import cdr_header_stamp
 from .parameters import (
     DYNAMIC_PARAMETERS,
     NODE_NAME,
@@ -116,7 +118,8 @@ def _make_stream(model, config):
 
 
 def _sampler(settings: NodeSettings) -> FrameSampler:
-    return FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s)
+    return FrameSampler(settings.sample_fps, settings.timestamp_jump_policy, settings.stamp_jitter_tolerance_s,
+                        require_stamps=True)
 
 
 def _to_time(t: Optional[float]) -> Time:
@@ -198,6 +201,12 @@ class LiveVLMNode(LifecycleNode):
         names = [s.name for s in all_parameter_specs(dict.fromkeys(self.get_parameter("streams").value or []))]
         return {name: self.get_parameter(name).value for name in names if self.has_parameter(name)}
 
+    def _undeclared_overrides(self) -> Dict[str, Any]:
+        """Values given for this node (``--params-file``, ``-p``) that name no declared parameter:
+        a misspelled name would otherwise be ignored without a word (rclpy keeps them aside)."""
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy Node: name -> Parameter
+        return {name: p.value for name, p in overrides.items() if not self.has_parameter(name)}
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate a runtime change through the same path as configure; apply the dynamic ones."""
         changes = {p.name: p.value for p in params}
@@ -225,7 +234,8 @@ class LiveVLMNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         log = self.get_logger()
         try:
-            settings = settings_from_parameters(self._parameter_values())
+            settings = settings_from_parameters({**self._undeclared_overrides(), **self._parameter_values()},
+                                                strict=True)
         except SettingsError as exc:
             self._model_error = str(exc)
             log.error(f"configure failed: {exc}")
@@ -512,6 +522,8 @@ class LiveVLMNode(LifecycleNode):
         for rt in self._streams.values():
             c = rt.counts()
             last = self._last_counts.get(rt.name, (0, 0))
+            if c.sampled < last[0] or c.dropped < last[1]:  # counted from zero again (~/reset)
+                last = (0, 0)
             self._last_counts[rt.name] = (c.sampled, c.dropped)
             age = self._frame_age(rt.newest_ingested_stamp)
             health = StreamHealth(
@@ -559,6 +571,10 @@ def main(args: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Shutting down. Ctrl-C in a terminal reaches this process twice (from the terminal, then
+        # from `ros2 launch` forwarding it): a second SIGINT must not abort the cleanup with a
+        # KeyboardInterrupt (exit code -2 instead of 0). SIGTERM still ends the process.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.release_engine()
             try:
@@ -566,6 +582,7 @@ def main(args: Optional[List[str]] = None) -> int:
             except Exception:
                 pass
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown put Python's handler back
     return 0
 
 

@@ -24,6 +24,7 @@ This module imports neither rclpy nor torch at import time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import typing
@@ -33,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from livevlm_ros.engine.config import FIELD_CHOICES, EngineConfig, field_descriptions
 from livevlm_ros.engine.errors import ConfigError
+from livevlm_ros.io.frame_sampler import DEFAULT_TOLERANCE_S
 from livevlm_ros.io.image_codec import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -155,7 +157,7 @@ class NodeSettings:
     dtype: str = "float16"
     autostart: bool = True
     sample_fps: float = 2.0
-    stamp_jitter_tolerance_s: float = 0.005
+    stamp_jitter_tolerance_s: float = DEFAULT_TOLERANCE_S
     timestamp_jump_policy: str = "reset"
     max_pixels: int = DEFAULT_MAX_PIXELS
     frame_queue_depth: int = 1
@@ -196,7 +198,8 @@ def base_parameter_specs() -> List[ParamSpec]:
                   "Configure and activate right after start (no lifecycle manager needed); a failed "
                   "configure then exits the process with a non-zero status"),
         ParamSpec("sample_fps", _DOUBLE, d.sample_fps,
-                  "Frames per second of header-stamp time kept from each camera (0: every frame)",
+                  "Frames per second of header-stamp time kept from each camera, one per 1/sample_fps slot "
+                  "(the sampler of livevlm_offline --fps too); 0: every frame",
                   read_only=False, minimum=0.0, maximum=240.0),
         ParamSpec("stamp_jitter_tolerance_s", _DOUBLE, d.stamp_jitter_tolerance_s,
                   "Seconds of header-stamp jitter tolerated by the sampler (capped at half the interval); "
@@ -364,7 +367,10 @@ def settings_from_parameters(values: Mapping[str, Any], *, strict: bool = False)
 
     Args:
         values: ``{parameter name: value}`` as rclpy or a flattened YAML file gives them.
-        strict: also report names that are not parameters of the node (typos in a YAML file).
+        strict: also report names that are not parameters of the node (a misspelled name in a
+            parameter file or a ``-p`` override), with the closest known name. The node always
+            validates strictly on configure; the runtime ``ros2 param set`` path cannot meet
+            unknown names (rclpy refuses undeclared parameters).
 
     Raises:
         SettingsError: listing every invalid value.
@@ -412,7 +418,9 @@ def settings_from_parameters(values: Mapping[str, Any], *, strict: bool = False)
         known = {s.name for s in all_parameter_specs(dict.fromkeys(names))}
         for key in values:
             if key not in known and key not in ROS_BUILTIN_PARAMETERS and not key.startswith("qos_overrides."):
-                problems.append(f"unknown parameter {key!r}")
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else " (not a parameter of this node)"
+                problems.append(f"unknown parameter {key!r}{hint}")
     if problems:
         raise SettingsError(problems)
 

@@ -45,6 +45,12 @@ class RateMeter:
         while self._times and self._times[0] < now - self.window_s:
             self._times.popleft()
 
+    def reset(self) -> None:
+        """Forget every event (a memory reset)."""
+        with self._lock:
+            self._times.clear()
+            self._first = None
+
     def rate_hz(self) -> float:
         """Events per second in the last ``window_s`` (or since the first event, if more recent)."""
         with self._lock:
@@ -63,7 +69,7 @@ class StreamHealth:
     Attributes:
         active: whether the node is active (subscribed).
         topic: resolved topic name.
-        frames_received: messages received since configure.
+        frames_received: messages received since configure or the stream's last ``~/reset``.
         sampled_in_period / dropped_in_period: frames sampled / dropped during the last period.
         newest_frame_age_s: node clock - header stamp of the newest ingested frame (s), None when none.
         ingest_rate_hz: recent frames ingested per second.

@@ -38,9 +38,9 @@ from livevlm_ros.engine.errors import (
     TimestampError,
 )
 from livevlm_ros.engine.results import AskResult, MemoryStats
+from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.io.image_codec import ImageDecodeError
 
-from .frame_sampler import FrameSampler, Verdict
 from .latest_frame_slot import LatestFrameSlot
 from .parameters import StreamSettings
 from .questions import Question, resolve_window
@@ -231,12 +231,16 @@ class StreamRuntime:
             self.rate.tick()
 
     def restart(self) -> None:
-        """Forget pending frames and restart the sampler (a new epoch), before an engine reset."""
+        """A ``~/reset`` of this stream, before the engine's: forget pending frames, restart the
+        sampler (a new epoch) and zero the counters, which count since configure or the last
+        reset (``StreamStatus``). Called by the worker thread, so no frame is in flight."""
         with self.lock:
             self.sampler.reset()
-            self.slot.clear()
+            self.slot.reset()
             self.engine_epoch = self.sampler.epoch
             self.newest_ingested_stamp = None
+            self.received = self.sampled = self.rejected_input = self.ingested = self.rejected_ingest = 0
+        self.rate.reset()
 
     def refresh_stats(self) -> None:
         self.stats = self.engine.stats()

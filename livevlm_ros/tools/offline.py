@@ -16,11 +16,16 @@ output) to get header-stamp time back.
 
 A question ``--ask "T:Q"`` is asked once the stream reaches ``T``: every sampled frame stamped
 ``<= T`` has been ingested (``ask`` prefills pending frames itself). Questions are asked in
-time order; those after the end of the stream are asked at the end.
+time order; those after the end of the stream are asked at the end (``"after_end": true``; the
+text output shows the time they were answered at, ``asked_at``, and the time asked for).
+
+Frames are sampled at ``--fps`` by the node's sampler (one per 1/fps slot of stream time), so a
+bag run here keeps the frames the node keeps when the bag is replayed into it. Frames whose
+time goes backwards are dropped, warned about and counted (``frames_out_of_order``).
 
 ``--json`` prints exactly one JSON object on stdout::
 
-    {"answers": [{"time", "question", "asked_at", "answer", "error", "ttft_s", "total_s",
+    {"answers": [{"time", "question", "asked_at", "after_end", "answer", "error", "ttft_s", "total_s",
                   "frames_seen", "span_start", "span_end", "memory_tokens", "context_tokens",
                   "pages_retrieved", "pages_total", "new_tokens", "stop_reason"}, ...],
      "memory": {MemoryStats fields: "tokens", "budget", "frames_ingested", "max_position_id",
@@ -28,12 +33,13 @@ time order; those after the end of the stream are asked at the end.
                 the stream time, oldest first), ...},
      "model": name, "random_weights": bool, "device", "dtype",
      "source": {"path", "kind", "topic", "fps", "frames_ingested", "frames_skipped",
-                "duration_s", "time_offset_s"},
+                "frames_out_of_order", "duration_s", "time_offset_s"},
      "config": {EngineConfig fields}}
 
-An engine error on one question (e.g. no frame yet) is reported in that answer's ``"error"``
-(its other result fields ``null``) and the run goes on. Exit status: 0 done, 1 the model or
-the source could not be opened, 2 bad arguments.
+An engine error on one question (e.g. no frame yet, a question too long for the context) is
+reported in that answer's ``"error"`` (its other result fields ``null``) and the run goes on.
+Exit status: 0 every question answered, 1 the model or the source could not be opened, 2 bad
+arguments, 3 one or more questions failed (their errors are in the output).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -66,6 +73,10 @@ DEFAULT_MODEL = "tiny-llava-onevision"
 DEFAULT_DEVICE = "cpu"
 DEFAULT_DTYPE = "float32"
 DEFAULT_FPS = 1.0
+#: Exit status when one or more questions failed (the rest of the output is complete).
+EXIT_QUESTIONS_FAILED = 3
+#: Frames going back in time warned about one by one; later ones are only counted.
+OUT_OF_ORDER_WARNINGS = 5
 
 #: EngineConfig fields whose option name is not ``--field-name``: field -> (flags...)
 _OPTION_FLAGS = {"budget_tokens": ("--budget", "--budget-tokens")}
@@ -141,6 +152,26 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """The EngineConfig with every field given on the command line (ConfigError if invalid)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if hasattr(args, f.name)}
     return EngineConfig(**given)
+
+
+def _attach_option_values(argv: Sequence[str]) -> List[str]:
+    """``--ask -3:what?`` -> ``--ask=-3:what?``: argparse takes a value that starts with ``-``
+    (and is no plain negative number) for an option and answers "expected one argument"; attached,
+    the value reaches :func:`parse_ask`, whose message says what is wrong with it."""
+    args, out, k = list(argv), [], 0
+    while k < len(args):
+        if args[k] == "--ask" and k + 1 < len(args) and re.match(r"-[0-9.]", args[k + 1]):
+            out.append(f"--ask={args[k + 1]}")
+            k += 2
+        else:
+            out.append(args[k])
+            k += 1
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line (``sys.argv[1:]`` by default) parsed by :func:`build_parser`."""
+    return build_parser().parse_args(_attach_option_values(sys.argv[1:] if argv is None else argv))
 
 
 def _non_negative_float(text: str) -> float:
@@ -227,9 +258,13 @@ def _finite(value: Any) -> Any:
 _RESULT_FIELDS = [f.name for f in dataclasses.fields(AskResult)]
 
 
-def ask_one(stream: LiveVLMStream, ask: Ask, asked_at: Optional[float]) -> Dict[str, Any]:
-    """Ask one question; returns its answer entry (``"error"`` set on an engine error)."""
-    entry: Dict[str, Any] = {"time": ask.time, "question": ask.question, "asked_at": asked_at}
+def ask_one(stream: LiveVLMStream, ask: Ask, asked_at: Optional[float], after_end: bool = False) -> Dict[str, Any]:
+    """Ask one question; returns its answer entry (``"error"`` set on an engine error).
+
+    ``asked_at``: stream time of the newest ingested frame when asked; ``after_end``: the stream
+    ended before ``ask.time``."""
+    entry: Dict[str, Any] = {"time": ask.time, "question": ask.question, "asked_at": asked_at,
+                             "after_end": after_end}
     try:
         result = stream.ask(ask.question)
     except LiveVLMError as err:
@@ -248,6 +283,7 @@ class OfflineRun:
         answers: answer entries (see :func:`ask_one`) in the order asked.
         frames_ingested / frames_skipped: frames given to the engine / dropped (bad data or
             rejected by the engine).
+        frames_out_of_order: frames the source dropped because their time went backwards.
         time_offset_s: timestamp of the first frame (``None`` before any).
         last_time: relative time of the newest ingested frame (``None`` before any).
     """
@@ -257,7 +293,7 @@ class OfflineRun:
         self.pending = sorted(asks, key=lambda a: a.time)  # stable: equal times keep their order
         self.on_answer, self.warn = on_answer, warn
         self.answers: List[Dict[str, Any]] = []
-        self.frames_ingested = self.frames_skipped = 0
+        self.frames_ingested = self.frames_skipped = self.frames_out_of_order = 0
         self.time_offset_s: Optional[float] = None
         self.last_time: Optional[float] = None
 
@@ -267,10 +303,10 @@ class OfflineRun:
             self.time_offset_s = timestamp
         return timestamp - self.time_offset_s
 
-    def ask_until(self, time_s: float) -> None:
+    def ask_until(self, time_s: float, after_end: bool = False) -> None:
         """Ask every pending question stamped before ``time_s`` (relative seconds)."""
         while self.pending and self.pending[0].time < time_s:
-            entry = ask_one(self.stream, self.pending.pop(0), self.last_time)
+            entry = ask_one(self.stream, self.pending.pop(0), self.last_time, after_end)
             self.answers.append(entry)
             self.on_answer(entry)
 
@@ -291,10 +327,22 @@ class OfflineRun:
         self.frames_skipped += 1
         self.warn(f"frame at {self.relative(timestamp):.3f} s skipped: {error}")
 
+    def out_of_order(self, timestamp: float, reason: str) -> None:
+        """Count a frame the source dropped for going back in time; warn about the first few."""
+        self.frames_out_of_order += 1
+        if self.frames_out_of_order <= OUT_OF_ORDER_WARNINGS:
+            more = " (further ones are counted, not shown)" if self.frames_out_of_order == OUT_OF_ORDER_WARNINGS else ""
+            self.warn(f"frame at {self.relative(timestamp):.3f} s dropped: its {reason}{more}")
+
+    @property
+    def failed(self) -> List[Dict[str, Any]]:
+        """The answer entries whose question failed."""
+        return [entry for entry in self.answers if entry["error"]]
+
     def finish(self) -> None:
         """Prefill the frames still buffered, then ask the questions left (after the end)."""
         self.stream.flush()
-        self.ask_until(math.inf)
+        self.ask_until(math.inf, after_end=True)
 
 
 def run_stream(
@@ -310,8 +358,9 @@ def run_stream(
     """Ingest ``source`` into ``stream`` (up to ``duration_s`` seconds after its first frame) and
     answer ``asks`` at their times; returns the finished :class:`OfflineRun`.
 
-    A tqdm bar on stderr shows progress (``progress=False``: none). Frames that fail to decode
-    or that the engine rejects are skipped, counted and passed to ``warn``; if the source
+    A tqdm bar on stderr shows progress (``progress=False``: none). Frames that fail to decode,
+    that the engine rejects or whose time goes backwards are skipped, counted and passed to
+    ``warn``; if the source
     becomes unreadable (:class:`SourceError`), ``warn`` is told and the questions left are
     answered from the frames read so far.
     """
@@ -321,7 +370,7 @@ def run_stream(
         total = min(total, int(duration_s * source.fps) + 1)
     with tqdm(total=total, file=sys.stderr, disable=not progress, unit="frame", dynamic_ncols=True) as bar:
         try:
-            for timestamp, rgb in source.frames(on_bad_frame=run.skip):
+            for timestamp, rgb in source.frames(on_bad_frame=run.skip, on_rejected=run.out_of_order):
                 if duration_s is not None and run.relative(timestamp) > duration_s:
                     break
                 run.ingest(timestamp, rgb)
@@ -350,8 +399,14 @@ def printable(text: str) -> str:
 
 
 def format_answer(entry: Dict[str, Any]) -> str:
-    """Human-readable lines for one answer entry."""
-    lines = [f"[{entry['time']:8.2f} s] Q: {printable(entry['question'])}"]
+    """Human-readable lines for one answer entry, stamped with the stream time it was answered at
+    (an ask after the end of the source is answered at the last frame, and says so)."""
+    if entry.get("after_end"):
+        at = "  end" if entry["asked_at"] is None else f"{entry['asked_at']:8.2f} s"
+        lines = [f"[{at}] Q: {printable(entry['question'])}   "
+                 f"(asked for {entry['time']:.2f} s, after the end of the source)"]
+    else:
+        lines = [f"[{entry['time']:8.2f} s] Q: {printable(entry['question'])}"]
     if entry["error"]:
         lines.append(f"             ERROR: {entry['error']}")
         return "\n".join(lines)
@@ -391,6 +446,7 @@ def json_report(
                 "fps": source.fps,
                 "frames_ingested": run.frames_ingested,
                 "frames_skipped": run.frames_skipped,
+                "frames_out_of_order": run.frames_out_of_order,
                 "duration_s": source.duration_s,
                 "time_offset_s": run.time_offset_s,
             },
@@ -411,12 +467,11 @@ def _error(message: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``livevlm_offline``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         config = config_from_args(args)
     except LiveVLMError as err:
-        parser.error(str(err))
+        build_parser().error(str(err))
     try:
         source = open_source(args.source, topic=args.topic, fps=args.fps or None, folder_fps=args.folder_fps)
     except (SourceError, OSError) as err:
@@ -446,15 +501,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warn=lambda message: tqdm.write(f"livevlm_offline: warning: {message}", file=sys.stderr),
     )
     memory = stream.stats().to_dict()
+    status = EXIT_QUESTIONS_FAILED if run.failed else 0
+    if run.failed:
+        print(f"livevlm_offline: error: {len(run.failed)} of {len(run.answers)} question(s) failed: "
+              + "; ".join(f"[{e['time']:.2f} s] {e['error']}" for e in run.failed), file=sys.stderr)
     if not human:
         print(json.dumps(json_report(args, config, model, source, run, memory)), flush=True)
-        return 0
+        return status
     emit(format_memory(memory))
     if run.frames_skipped:
         emit(f"{run.frames_skipped} frame(s) skipped (see warnings above)")
+    if run.frames_out_of_order:
+        emit(f"{run.frames_out_of_order} frame(s) dropped: their time went backwards (see warnings above)")
     if model.is_tiny:
         emit(random_weights_banner(model.name))
-    return 0
+    return status
 
 
 if __name__ == "__main__":

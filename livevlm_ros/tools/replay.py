@@ -9,7 +9,8 @@ Usage::
 ``BAG`` is a rosbag2 directory (.mcap or .db3 inside), a bare .mcap/.db3 file, or a ROS 1 .bag.
 Messages are read with ``rosbags`` and published through rclpy as the serialized CDR bytes they
 are stored as (``publisher.publish(raw_bytes)``: no deserialization), at the bag's receive-time
-spacing divided by ``--rate``. ROS 1 bags are converted to CDR on the fly.
+spacing divided by ``--rate``. ROS 1 bags are converted on the fly to the CDR of the ROS 2
+message types (a ROS 1 ``Header``'s ``seq`` is dropped, as ``rosbags-convert`` does).
 
 * ``--clock [HZ]`` publishes ``/clock`` (``rosgraph_msgs/Clock``) with the bag time, before every
   message and at HZ (default 40) in between: run the node with ``use_sim_time:=true``.
@@ -25,6 +26,7 @@ Exit status: 0 done, 1 the bag cannot be read, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 import threading
@@ -37,9 +39,37 @@ from typing import Callable, Dict, List, Optional, Sequence
 from livevlm_ros.io.sources import SourceError, bag_path, open_bag_reader
 from livevlm_ros.tools.ros_cli import init_rclpy, split_ros_args, tool_argv
 
-__all__ = ["BagPlayer", "ReplaySummary", "message_class", "main"]
+__all__ = ["BagPlayer", "ReplaySummary", "cdr_converter", "message_class", "main"]
 
 DEFAULT_CLOCK_HZ = 40.0
+
+
+def cdr_converter(reader, msgtype: str) -> Optional[Callable[[bytes], bytes]]:
+    """How to turn ``reader``'s stored bytes of ``msgtype`` into the CDR that rclpy publishes:
+    ``None`` for a rosbag2 (already CDR); for a ROS 1 bag, a converter to the ROS 2 definition.
+
+    A ROS 1 message is converted against the *ROS 2* type (rosbags' converter, as
+    ``rosbags-convert`` does): a ROS 1 ``std_msgs/Header`` carries a ``seq`` that ROS 2 dropped,
+    and converting with the bag's own (ROS 1) definitions writes it into the CDR, where it shifts
+    every later field (``frame_id`` read from the stamp's bytes: "Invalid string length").
+    """
+    if reader.is2:
+        return None
+    from rosbags.convert.converter import generate_message_converter
+
+    ros2 = _ros2_typestore()
+    if msgtype not in ros2.fielddefs:
+        raise SourceError(f"{msgtype}: no ROS 2 definition of this ROS 1 type to convert it to")
+    convert = generate_message_converter(reader.typestore, ros2, msgtype, msgtype, {}, src_is2=False, dst_is2=True)
+    return lambda raw: bytes(convert(raw))
+
+
+@functools.lru_cache(maxsize=1)
+def _ros2_typestore():
+    """The ROS 2 message definitions rosbags ships (built once per process)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.LATEST)
 
 
 def message_class(msgtype: str):
@@ -102,6 +132,13 @@ class BagPlayer:
         with open_bag_reader(self.path) as reader:
             available = {c.topic: c.msgtype for c in reader.connections}
             self.bag_s = reader.duration / 1e9
+            self._converters = {}  # msgtype -> stored bytes to CDR (None: stored as CDR)
+            unconvertible = {}  # msgtype -> why it cannot be converted
+            for msgtype in set(available.values()):
+                try:
+                    self._converters[msgtype] = cdr_converter(reader, msgtype)
+                except SourceError as exc:
+                    unconvertible[msgtype] = str(exc)
         wanted = list(topics) if topics else list(available)
         missing = [t for t in wanted if t not in available]
         if missing:
@@ -112,12 +149,15 @@ class BagPlayer:
         self.topics: Dict[str, str] = {}  # bag topic -> msgtype
         self.publishers = {}
         for topic in wanted:
+            cls, problem = None, unconvertible.get(available[topic])
             try:
                 cls = message_class(available[topic])
             except (ImportError, AttributeError, ValueError):
+                problem = f"message type {available[topic]} is not installed"
+            if problem:
                 if topics:
-                    raise SourceError(f"{topic}: message type {available[topic]} is not installed") from None
-                log(f"[replay] skipping {topic}: message type {available[topic]} is not installed")
+                    raise SourceError(f"{topic}: {problem}")
+                log(f"[replay] skipping {topic}: {problem}")
                 continue
             self.topics[topic] = available[topic]
             self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), qos)
@@ -167,7 +207,6 @@ class BagPlayer:
         try:
             with open_bag_reader(self.path) as reader:
                 connections = [c for c in reader.connections if c.topic in self.publishers]
-                convert = None if reader.is2 else reader.typestore.ros1_to_cdr
                 while not stop.is_set():
                     wall0, bag0 = time.monotonic(), None
                     for connection, bag_ns, raw in reader.messages(connections=connections):
@@ -177,7 +216,8 @@ class BagPlayer:
                             break
                         if self._clock_pub is not None:
                             self._publish_clock(bag_ns)
-                        data = bytes(raw) if convert is None else bytes(convert(raw, connection.msgtype))
+                        convert = self._converters[connection.msgtype]
+                        data = bytes(raw) if convert is None else convert(raw)
                         self.publishers[connection.topic].publish(data)
                         summary.published[self.publishers[connection.topic].topic_name] += 1
                     else:
