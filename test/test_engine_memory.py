@@ -237,7 +237,7 @@ def test_accumulated_importance_decays_old_scores():
 
 # ----------------------------------------------------------------------------- the pure-module promise
 def test_pure_ros_modules_import_neither_torch_nor_rclpy():
-    code = ("import sys\nimport livevlm_ros.ros.parameters, livevlm_ros.ros.questions, livevlm_ros.ros.frame_sampler\n"
+    code = ("import sys\nimport livevlm_ros.ros.parameters, livevlm_ros.ros.questions, livevlm_ros.io.frame_sampler\n"
             "import livevlm_ros.engine.config, livevlm_ros.engine.question\n"
             "print(sorted(m for m in ('torch', 'rclpy', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
