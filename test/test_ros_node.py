@@ -395,7 +395,7 @@ def test_bad_input_is_rejected_with_throttled_warnings_and_the_node_keeps_servin
     "fields, message",
     [
         (dict(question=""), "question is empty"),
-        (dict(question="x" * 2001), "limit is 2000"),
+        (dict(question="x" * 2001), "at most 2000 are accepted"),
         (dict(question="q", stream="side"), "unknown stream 'side'"),
         (dict(question="q", last_seconds=-2.0), "last_seconds"),
     ],

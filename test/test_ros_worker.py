@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from livevlm_ros.engine.config import EngineConfig
 from livevlm_ros.engine.errors import EmptyMemoryError, TimestampError
+from livevlm_ros.engine.question import AskRequest
 from livevlm_ros.engine.results import AskResult, MemoryStats
 from livevlm_ros.io.image_codec import ImageDecodeError
 from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
@@ -24,6 +26,11 @@ from livevlm_ros.ros.worker import (
 )
 
 FRAME = np.zeros((4, 4, 3), np.uint8)
+
+
+#: The node's default answer length in these tests: the fake answers its own ``tokens`` words then.
+DEFAULT_TOKENS = 777
+ENGINE = EngineConfig(max_new_tokens=DEFAULT_TOKENS)
 
 
 class FakeStream:
@@ -47,14 +54,16 @@ class FakeStream:
         self.stamps.append(t)
         self.events.append(("ingest", t))
 
-    def ask(self, question, *, max_new_tokens=None, since=None, until=None, on_token=None, should_stop=None):
+    def answer(self, request, *, on_token=None, should_stop=None):
+        """The engine's ``answer(AskRequest)``: the worker hands over the validated request."""
         self._touch()
         if not self.stamps:
             raise EmptyMemoryError("no frame yet")
+        question, since, until = request.question, request.since, request.until
         self.asked.append(dict(question=question, since=since, until=until, frames=list(self.stamps)))
         self.events.append(("ask", question))
         answer, reason = "", "length"
-        for i in range(max_new_tokens or self.tokens):
+        for i in range(request.max_new_tokens if request.max_new_tokens != DEFAULT_TOKENS else self.tokens):
             if should_stop is not None and should_stop():
                 reason = "cancelled"
                 break
@@ -120,9 +129,10 @@ def make_worker():
 
 
 def ask(worker, text="q", stream="front", timeout_s=5.0, **kw):
-    job = QuestionJob(Question(text=text, stream=stream, timeout_s=timeout_s, **{
-        k: v for k, v in kw.items() if k in ("last_seconds", "since", "until", "max_new_tokens")}),
-        **{k: v for k, v in kw.items() if k in ("on_token", "cancel_requested")})
+    request = AskRequest.build(text, ENGINE, **{k: v for k, v in kw.items() if k in ("since", "until",
+                                                                                      "max_new_tokens")})
+    job = QuestionJob(Question(request, stream=stream, timeout_s=timeout_s, last_seconds=kw.get("last_seconds", 0.0)),
+                      **{k: v for k, v in kw.items() if k in ("on_token", "cancel_requested")})
     worker.submit(job)
     return job
 
@@ -170,7 +180,7 @@ def test_answer_fields_and_latency(make_worker):
     assert job.wait(5.0)
     a = job.result
     assert a.success and a.error == "" and a.answer == "w0 w1 w2 w3 " and a.new_tokens == 4
-    assert a.frames_seen == 2 and (a.span_start, a.span_end) == (10.0, 11.0)
+    assert a.result.frames_seen == 2 and (a.result.span_start, a.result.span_end) == (10.0, 11.0)
     assert a.total_latency_s >= a.queue_wait_s >= 0.0
 
 
@@ -214,7 +224,7 @@ def test_a_running_answer_stops_at_its_deadline_with_the_partial_answer(make_wor
     assert job.wait(5.0)
     a = job.result
     assert not a.success and "timed out after 0.3 s" in a.error and a.answer.startswith("w0 ")
-    assert a.stop_reason == "cancelled" and not a.cancelled
+    assert a.result.stop_reason == "cancelled" and not a.cancelled
 
 
 def test_cancel_while_answering_returns_the_partial_answer(make_worker):
@@ -241,7 +251,7 @@ def test_every_token_is_fed_back_even_when_it_adds_no_text(make_worker):
     while a character is unfinished; each call becomes one feedback with the token count."""
 
     class UnfinishedCharacters(FakeStream):
-        def ask(self, question, *, on_token=None, **kwargs):
+        def answer(self, request, *, on_token=None, **kwargs):
             for piece in ("a", "", "", "\u20ac", ""):
                 on_token(piece)
             return AskResult(answer="a\u20ac\ufffd", ttft_s=0.001, total_s=0.01, frames_seen=1, span_start=1.0,

@@ -8,6 +8,7 @@ the same object from a service request or action goal, so both refuse bad input 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -82,6 +83,13 @@ class AskRequest:
             raise InvalidQuestionError(f"evidence must be an integer in [0, {MAX_EVIDENCE_FRAMES}], got {evidence!r}")
         return cls(text, int(max_new), since, until, bool(do_sample), float(temperature), float(top_p), seed,
                    int(evidence))
+
+    def within(self, since: Optional[float], until: Optional[float]) -> "AskRequest":
+        """This request with its time window replaced (validated: finite, ``since <= until``)."""
+        since, until = _finite_or_none("since", since), _finite_or_none("until", until)
+        if since is not None and until is not None and since > until:
+            raise InvalidQuestionError(f"time window is inverted: since {since:.3f} s > until {until:.3f} s")
+        return dataclasses.replace(self, since=since, until=until)
 
     @property
     def windowed(self) -> bool:

@@ -128,17 +128,19 @@ def _to_time(t: Optional[float]) -> Time:
 
 
 def _fill_answer(out, answer: Answer):
-    """Copy an :class:`Answer` into an Ask response or action result."""
+    """Copy an :class:`Answer` (and its engine :class:`AskResult`, if any) into an Ask response or action result."""
     out.success = answer.success
     out.answer = answer.answer
     out.error = answer.error
-    out.time_to_first_token_s = float(answer.ttft_s)
     out.total_latency_s = float(answer.total_latency_s)
-    out.frames_seen = int(answer.frames_seen)
-    out.span_start = _to_time(answer.span_start)
-    out.span_end = _to_time(answer.span_end)
-    out.memory_tokens = int(answer.memory_tokens)
-    out.pages_retrieved = float(answer.pages_retrieved)
+    result = answer.result
+    if result is not None:
+        out.time_to_first_token_s = float(result.ttft_s)
+        out.frames_seen = int(result.frames_seen)
+        out.span_start = _to_time(result.span_start)
+        out.span_end = _to_time(result.span_end)
+        out.memory_tokens = int(result.memory_tokens)
+        out.pages_retrieved = float(result.pages_retrieved)
     return out
 
 
@@ -427,8 +429,8 @@ class LiveVLMNode(LifecycleNode):
         s = self._settings
         if s is None:
             raise QuestionError("the node is not configured")
-        return question_from_request(request, stream_names=s.stream_names,
-                                     max_question_chars=s.engine.max_question_chars, default_timeout_s=s.ask_timeout_s)
+        return question_from_request(request, stream_names=s.stream_names, engine=s.engine,
+                                     default_timeout_s=s.ask_timeout_s)
 
     async def _answer(self, request, on_token=None, cancel_requested=lambda: False) -> Answer:
         try:

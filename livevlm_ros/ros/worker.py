@@ -43,7 +43,7 @@ from livevlm_ros.io.image_codec import ImageDecodeError
 
 from .latest_frame_slot import LatestFrameSlot
 from .parameters import StreamSettings
-from .questions import Question, resolve_window
+from .questions import Question, resolve_request
 from .status import RateMeter
 
 __all__ = [
@@ -249,34 +249,35 @@ class StreamRuntime:
 # ============================================================================ jobs
 @dataclass
 class Answer:
-    """The outcome of one question (maps 1:1 onto the Ask response / action result).
+    """The outcome of one question (maps onto the Ask response / action result).
 
     Attributes:
-        success: True when ``answer`` holds a complete answer.
-        answer: text (partial when cancelled or timed out).
+        success: True when ``result`` holds a complete answer.
         error: why not successful; empty otherwise.
-        ttft_s: engine call to first token (s); 0 if none.
+        result: the engine's :class:`AskResult` (also for an answer cut short by a cancel or timeout);
+            None when the question never reached the engine.
+        partial: the text fed back so far, for a question that ended without a result.
         total_latency_s: request arrival to answer done (s), queue wait included.
         queue_wait_s: request arrival to the worker starting it (s).
-        frames_seen, span_start, span_end, memory_tokens, pages_retrieved, new_tokens,
-        stop_reason: from the engine's ``AskResult`` (span in stream seconds or None).
         cancelled: the caller cancelled it.
     """
 
     success: bool
-    answer: str = ""
     error: str = ""
-    ttft_s: float = 0.0
+    result: Optional[AskResult] = None
+    partial: str = ""
     total_latency_s: float = 0.0
     queue_wait_s: float = 0.0
-    frames_seen: int = 0
-    span_start: Optional[float] = None
-    span_end: Optional[float] = None
-    memory_tokens: int = 0
-    pages_retrieved: float = 0.0
-    new_tokens: int = 0
-    stop_reason: str = ""
     cancelled: bool = False
+
+    @property
+    def answer(self) -> str:
+        """The answer text (partial when cancelled or timed out)."""
+        return self.result.answer if self.result is not None else self.partial
+
+    @property
+    def new_tokens(self) -> int:
+        return self.result.new_tokens if self.result is not None else 0
 
 
 class Job:
@@ -337,10 +338,11 @@ class QuestionJob(Job):
         self.partial = ""
         self.tokens = 0
 
-    def fail(self, error: str, *, cancelled: bool = False, **fields) -> bool:
+    def fail(self, error: str, *, cancelled: bool = False, result: Optional[AskResult] = None,
+             queue_wait_s: float = 0.0) -> bool:
         now = self.clock()
-        return self.finish(Answer(False, answer=self.partial, error=error, cancelled=cancelled,
-                                  total_latency_s=now - self.created_at, new_tokens=self.tokens, **fields))
+        return self.finish(Answer(False, error=error, result=result, partial=self.partial, cancelled=cancelled,
+                                  total_latency_s=now - self.created_at, queue_wait_s=queue_wait_s))
 
 
 class ResetJob(Job):
@@ -565,8 +567,6 @@ class InferenceWorker:
         rt = self.streams[q.stream]
         for item in rt.take(every=True):  # frames received before the question are part of it
             self._ingest(rt, item)
-        since, until = resolve_window(q, rt.newest_ingested_stamp)
-
         def on_token(piece: str) -> None:
             job.partial += piece
             job.tokens += 1
@@ -581,8 +581,8 @@ class InferenceWorker:
 
         wait = started - job.created_at
         try:
-            result: AskResult = rt.engine.ask(q.text, max_new_tokens=q.max_new_tokens, since=since, until=until,
-                                              on_token=on_token, should_stop=should_stop)
+            request = resolve_request(q, rt.newest_ingested_stamp)
+            result: AskResult = rt.engine.answer(request, on_token=on_token, should_stop=should_stop)
         except InvalidQuestionError as exc:
             job.fail(f"invalid question: {exc}", queue_wait_s=wait)
             return
@@ -596,22 +596,15 @@ class InferenceWorker:
             return
         finally:
             rt.refresh_stats()
-        fields = dict(
-            ttft_s=result.ttft_s, queue_wait_s=wait, frames_seen=result.frames_seen, span_start=result.span_start,
-            span_end=result.span_end, memory_tokens=result.memory_tokens, pages_retrieved=result.pages_retrieved,
-            stop_reason=result.stop_reason,
-        )
         if result.stop_reason == "cancelled":
-            job.partial = result.answer
             if job.cancel_requested():
-                job.fail("cancelled", cancelled=True, **fields)
+                job.fail("cancelled", cancelled=True, result=result, queue_wait_s=wait)
             elif self._stopping:
-                job.fail("the node is shutting down or deactivating", **fields)
+                job.fail("the node is shutting down or deactivating", result=result, queue_wait_s=wait)
             else:
-                job.fail(f"timed out after {q.timeout_s:g} s (partial answer)", **fields)
+                job.fail(f"timed out after {q.timeout_s:g} s (partial answer)", result=result, queue_wait_s=wait)
             return
-        job.finish(Answer(True, answer=result.answer, total_latency_s=self._clock() - job.created_at,
-                          new_tokens=result.new_tokens, **fields))
+        job.finish(Answer(True, result=result, total_latency_s=self._clock() - job.created_at, queue_wait_s=wait))
 
     def _refuse(self, job: Job, error: str) -> None:
         if isinstance(job, QuestionJob):
