@@ -120,3 +120,13 @@ def test_page_means_reshape_matches_grouped_means(n, page):
     offsets, exists = retrieval.tokens_of_pages(chosen, page, n)
     assert torch.equal(offsets[exists], retrieval.tokens_in_groups(page_ids, chosen))
     assert int(offsets.max()) < n  # clamped: every offset can be gathered
+
+
+def test_retrieval_floor_keeps_short_memories_whole():
+    frames = random_frames(24, seed=13)
+    kwargs = dict(memory="vsb", budget_tokens=160, short_term_frames=2, clip_frames=4, page_size=16)
+    floor = stream_of("tiny-llava-onevision", frames, retrieval="par", retrieval_min_tokens=96, **kwargs)
+    result = floor.ask("where?", max_new_tokens=1)
+    assert result.pages_retrieved == 6 and result.pages_total == 10  # 96 / 16 pages beat ceil(0.4 * 10) = 4
+    floor.set_question_settings(retrieval_min_tokens=1000)
+    assert floor.ask("where?", max_new_tokens=1).pages_retrieved == 10  # all of a short memory

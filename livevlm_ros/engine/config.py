@@ -94,6 +94,9 @@ class EngineConfig:
         saliency_share: share of M kept by plain saliency (VSB phase 1), in [0, 1].
         page_size: C, consecutive long-term tokens per retrieval page.
         retrieval_ratio: share of long-term pages retrieved per layer, in (0, 1].
+        retrieval_min_tokens: PaR retrieves at least this many long-term tokens per layer (whole pages;
+            all of them when the long-term memory is smaller): a floor for short memories, where a
+            ratio of a few pages loses what the answer needs. 0: the ratio alone (the paper).
         rekv_frames: frames retrieved per layer from host memory by ``rekv``.
         max_new_tokens: default answer length limit.
         max_question_chars: questions longer than this are rejected.
@@ -117,6 +120,7 @@ class EngineConfig:
     saliency_share: float = 0.5
     page_size: int = 16
     retrieval_ratio: float = 0.4
+    retrieval_min_tokens: int = 0
     rekv_frames: int = 8
     max_new_tokens: int = 64
     max_question_chars: int = 2000
@@ -143,6 +147,7 @@ class EngineConfig:
         _check(
             0.0 < self.retrieval_ratio <= 1.0, f"retrieval_ratio must be in (0, 1], got {self.retrieval_ratio}"
         )
+        _check(self.retrieval_min_tokens >= 0, f"retrieval_min_tokens must be >= 0, got {self.retrieval_min_tokens}")
         _check(self.rekv_frames >= 1, f"rekv_frames must be >= 1, got {self.rekv_frames}")
         _check(
             1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT,

@@ -81,7 +81,8 @@ def plan_context(memory: KVMemory, config: EngineConfig, long_term_end: int, ret
     """Sizes of the context of a question asked now."""
     long_term = long_term_end - memory.prefix_len
     pages = math.ceil(long_term / config.page_size) if retrieves and long_term > 0 else 0
-    kept = min(pages, max(1, math.ceil(config.retrieval_ratio * pages))) if pages else 0
+    floor = math.ceil(config.retrieval_min_tokens / config.page_size)
+    kept = min(pages, max(1, floor, math.ceil(config.retrieval_ratio * pages))) if pages else 0
     return ContextPlan(memory.prefix_len, long_term_end, memory.length, config.page_size, pages, kept, host_slots)
 
 
