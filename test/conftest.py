@@ -4,7 +4,8 @@
   ``ROS_DOMAIN_ID`` of this test session (``LIVEVLM_TEST_DOMAIN_ID`` pins it); ROS logs go to a
   temporary ``ROS_LOG_DIR``; the model hub is not contacted (``HF_HUB_OFFLINE=1``). Set in
   :func:`pytest_configure`, before any test starts rclpy or a child process.
-* Fixtures: ``shared_data`` (the real recordings), ``ros_client`` (an rclpy helper node in its own
+* Fixtures: ``shared_data`` (the real recordings), ``layout_dir`` (checkpoint directories with the
+  file layout of real hub repos, ``checkpoint_layouts.py``), ``ros_client`` (an rclpy helper node in its own
   context), ``node_process`` (starts ``livevlm`` nodes as their own processes, stopped SIGINT ->
   SIGTERM at the end). The helpers themselves live in ``ros_helpers.py``.
 """
@@ -92,3 +93,20 @@ def node_process(tmp_path_factory):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def layout_dir(tmp_path_factory):
+    """``layout_dir(name)`` -> the directory of real-layout checkpoint ``name`` (``checkpoint_layouts.build_layout``),
+    built once per session; treat it as read-only (copy it to change files)."""
+    from checkpoint_layouts import build_layout
+
+    root = tmp_path_factory.mktemp("layouts")
+    built = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_layout(name, root / name.replace("+", "_"))
+        return built[name]
+
+    return get
