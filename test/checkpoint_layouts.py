@@ -354,17 +354,7 @@ def smolvlm2_video(directory: Path, tokenizer: Optional[Tokenizer] = None) -> Pa
     """
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
-    config = {
-        "architectures": ["SmolVLMForConditionalGeneration"], "image_token_id": SMOLVLM_IMAGE_TOKEN_ID,
-        "model_type": "smolvlm", "scale_factor": 4, "text_config": _smolvlm_text_config(),
-        "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.50.0.dev0",
-        "use_cache": True, "vision_config": {
-            "image_size": 512, "max_image_size": {"longest_edge": 512}, "model_type": "smolvlm_vision",
-            "patch_size": 16, "size": {"longest_edge": 512}, "tie_word_embeddings": False, "use_base_siglip": False,
-            **TINY_VISION,
-        },
-        "vocab_size": 49280,
-    }
+    config = _smolvlm_config("SmolVLMForConditionalGeneration", "smolvlm", "smolvlm_vision", "float32", "4.50.0.dev0")
     return _write_smolvlm(directory, config, SmolVLMConfig, SmolVLMForConditionalGeneration, torch.float32,
                           "SmolVLMImageProcessor", "SmolVLMProcessor", video=True, tokenizer=tokenizer)
 
@@ -379,19 +369,22 @@ def smolvlm_v1(directory: Path, tokenizer: Optional[Tokenizer] = None) -> Path:
     """
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
-    config = {
-        "architectures": ["Idefics3ForConditionalGeneration"], "image_token_id": SMOLVLM_IMAGE_TOKEN_ID,
-        "model_type": "idefics3", "scale_factor": 4, "text_config": _smolvlm_text_config(),
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.46.0",
-        "use_cache": True, "vision_config": {
-            "image_size": 512, "max_image_size": {"longest_edge": 512}, "model_type": "idefics3_vision",
-            "patch_size": 16, "size": {"longest_edge": 512}, "tie_word_embeddings": False, "use_base_siglip": False,
-            **TINY_VISION,
+    config = _smolvlm_config("Idefics3ForConditionalGeneration", "idefics3", "idefics3_vision", "bfloat16", "4.46.0")
+    return _write_smolvlm(directory, config, Idefics3Config, Idefics3ForConditionalGeneration, torch.bfloat16,
+                          "Idefics3ImageProcessor", "Idefics3Processor", video=False, tokenizer=tokenizer)
+
+
+def _smolvlm_config(architecture: str, model_type: str, vision_type: str, dtype: str, version: str) -> dict:
+    """config.json of the SmolVLM repos (both versions share every value but the names and dtype)."""
+    return {
+        "architectures": [architecture], "image_token_id": SMOLVLM_IMAGE_TOKEN_ID, "model_type": model_type,
+        "scale_factor": 4, "text_config": _smolvlm_text_config(), "tie_word_embeddings": False, "torch_dtype": dtype,
+        "transformers_version": version, "use_cache": True, "vision_config": {
+            "image_size": 512, "max_image_size": {"longest_edge": 512}, "model_type": vision_type, "patch_size": 16,
+            "size": {"longest_edge": 512}, "tie_word_embeddings": False, "use_base_siglip": False, **TINY_VISION,
         },
         "vocab_size": 49280,
     }
-    return _write_smolvlm(directory, config, Idefics3Config, Idefics3ForConditionalGeneration, torch.bfloat16,
-                          "Idefics3ImageProcessor", "Idefics3Processor", video=False, tokenizer=tokenizer)
 
 
 def _write_smolvlm(directory: Path, config: dict, config_cls, model_cls, dtype: torch.dtype, image_processor_type: str,

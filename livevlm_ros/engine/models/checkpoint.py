@@ -107,8 +107,10 @@ def _hub_snapshot(repo_id: str) -> Path:
         local = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=list(HUB_FILE_PATTERNS)))
     except LocalEntryNotFoundError:
         local = None
-    if local is not None and ((local / "config.json").is_file() or constants.HF_HUB_OFFLINE):
-        return local  # a partial snapshot is reported file by file by check_checkpoint
+    complete = local is not None and (local / "config.json").is_file() and any(
+        (local / name).is_file() for name in WEIGHT_FILES)
+    if complete or (local is not None and constants.HF_HUB_OFFLINE):
+        return local  # offline, a partial snapshot is reported file by file by check_checkpoint
     if constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
             f"{repo_id!r} is not in the hub cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it: download "
