@@ -256,7 +256,7 @@ def test_unsupported_model_type_names_the_supported_ones(layout_dir, tmp_path):
     directory = copy_of(layout_dir, "smolvlm-v1", tmp_path)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
-    with pytest.raises(ModelLoadError, match="is a 'qwen2_vl' model; supported model types"):
+    with pytest.raises(ModelLoadError, match="holds a 'qwen2_vl' model; supported model types: idefics3, llava_onevision, smolvlm"):
         load_video_llm(str(directory))
 
 

@@ -88,42 +88,54 @@ def _answer(model, intro: str, captions: Sequence[str], times: Sequence[float], 
 
 
 def run(questions: int, frames: int, progress=None) -> dict:
-    """Every intro of :data:`INTROS` against the reference, in both formats, over ``questions`` streams."""
+    """Every intro of :data:`INTROS` against the reference, in both formats, over ``questions`` streams.
+
+    ``progress(result_so_far)`` is called after each question (both formats), with the summary of the
+    questions done so far (so a run cut short still leaves a complete, smaller result).
+    """
+    models = {fmt: build_model(fmt) for fmt in FORMATS}
+    raw = {fmt: {"reference": [], "examples": [], **{name: {"kl": [], "agree": [], "correct": []} for name in INTROS}}
+           for fmt in FORMATS}
+    result = None
+    for seed in range(questions):
+        stream_def = make_stream(seed, frames)
+        (question,) = stream_def.questions
+        reference_intro = processor_intro(frames, frames * SECONDS_PER_FRAME)
+        for fmt, model in models.items():
+            record = raw[fmt]
+            ref_result, ref = _answer(model, reference_intro, stream_def.captions, stream_def.times, question.text)
+            record["reference"].append(is_correct(ref_result.answer, question.colour))
+            for name, intro in INTROS.items():
+                answer, log_probs = _answer(model, intro, stream_def.captions, stream_def.times, question.text)
+                record[name]["kl"].append(kl_divergence(ref, log_probs))
+                record[name]["agree"].append(int(ref.argmax()) == int(log_probs.argmax()))
+                record[name]["correct"].append(is_correct(answer.answer, question.colour))
+                if seed < 2:
+                    record["examples"].append({"intro": name, "question": question.text, "gold": question.colour,
+                                               "answer": answer.answer, "reference_answer": ref_result.answer})
+        result = _summary(models, raw, seed + 1, frames)
+        if progress is not None:
+            progress(result)
+    return result
+
+
+def _summary(models: dict, raw: dict, questions: int, frames: int) -> dict:
+    reference_intro = processor_intro(frames, frames * SECONDS_PER_FRAME)
     out = {"settings": {"questions": questions, "frames": frames, "seconds_per_frame": SECONDS_PER_FRAME,
                         "answer_tokens": ANSWER_TOKENS, "bootstrap": BOOTSTRAP}, "formats": {}}
-    for fmt in FORMATS:
-        model = build_model(fmt)
-        per = {name: {"kl": [], "agree": [], "correct": []} for name in INTROS}
-        reference_correct, examples = [], []
-        for seed in range(questions):
-            stream_def = make_stream(seed, frames)
-            (question,) = stream_def.questions
-            duration = frames * SECONDS_PER_FRAME
-            ref_intro = processor_intro(frames, duration)
-            ref_result, ref = _answer(model, ref_intro, stream_def.captions, stream_def.times, question.text)
-            reference_correct.append(is_correct(ref_result.answer, question.colour))
-            for name, intro in INTROS.items():
-                result, lp = _answer(model, intro, stream_def.captions, stream_def.times, question.text)
-                per[name]["kl"].append(kl_divergence(ref, lp))
-                per[name]["agree"].append(int(ref.argmax()) == int(lp.argmax()))
-                per[name]["correct"].append(is_correct(result.answer, question.colour))
-                if seed < 2:
-                    examples.append({"intro": name, "question": question.text, "gold": question.colour,
-                                     "answer": result.answer, "reference_answer": ref_result.answer})
-            if progress is not None:
-                progress(fmt, seed)
-        model.intro = STREAM_INTRO
-        tokens = {name: len(model.tokenize(intro)) for name, intro in INTROS.items()}
-        tokens[REFERENCE] = len(model.tokenize(processor_intro(frames, frames * SECONDS_PER_FRAME)))
-        rows = [{"intro": REFERENCE, "text": processor_intro(frames, frames * SECONDS_PER_FRAME),
-                 "intro_tokens": tokens[REFERENCE], "accuracy": _mean_ci(reference_correct)}]
-        for name, values in per.items():
-            rows.append({"intro": name, "text": INTROS[name], "intro_tokens": tokens[name],
+    for fmt, model in models.items():
+        record = raw[fmt]
+        rows = [{"intro": REFERENCE, "text": reference_intro, "intro_tokens": len(model.tokenize(reference_intro)),
+                 "accuracy": _mean_ci(record["reference"])}]
+        for name, intro in INTROS.items():
+            values = record[name]
+            rows.append({"intro": name, "text": intro, "intro_tokens": len(model.tokenize(intro)),
                          "first_token_kl_nats": _mean_ci(values["kl"]), "top1_agrees": _mean_ci(values["agree"]),
                          "accuracy": _mean_ci(values["correct"]),
-                         "accuracy_minus_reference": _paired_diff_ci(values["correct"], reference_correct)})
-        prompt = len(model.tokenize(model.prefix_text(None)))
-        out["formats"][fmt] = {"rows": rows, "stream_prefix_tokens": prompt, "examples": examples}
+                         "accuracy_minus_reference": _paired_diff_ci(values["correct"], record["reference"])})
+        model.intro = STREAM_INTRO
+        out["formats"][fmt] = {"rows": rows, "stream_prefix_tokens": len(model.tokenize(model.prefix_text(None))),
+                               "examples": record["examples"]}
     return out
 
 
@@ -169,22 +181,23 @@ def markdown(result: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m livevlm_ros.bench.intro_effect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--questions", type=int, default=120, help="streams (one question each)")
+    parser.add_argument("--questions", type=int, default=100, help="streams (one question each)")
     parser.add_argument("--frames", type=int, default=24, help="frames per stream")
     parser.add_argument("--out", help="write the JSON result here (and the table next to it as .md)")
     args = parser.parse_args(argv)
     started = time.time()
-    result = run(args.questions, args.frames,
-                 progress=lambda fmt, seed: print(f"[intro] {fmt} {seed + 1}/{args.questions} "
-                                                  f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True))
-    result["wall_s"] = time.time() - started
-    table = markdown(result)
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-        with open(args.out.rsplit(".", 1)[0] + ".md", "w", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+
+    def save(result: dict) -> None:
+        result["wall_s"] = time.time() - started
+        print(f"[intro] {result['settings']['questions']}/{args.questions} questions ({result['wall_s']:.0f} s)",
+              file=sys.stderr, flush=True)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as handle:
+                json.dump(result, handle, indent=1)
+            with open(args.out.rsplit(".", 1)[0] + ".md", "w", encoding="utf-8") as handle:
+                handle.write(markdown(result) + "\n")
+
+    print(markdown(run(args.questions, args.frames, progress=save)))
     return 0
 
 

@@ -13,7 +13,7 @@ language model and SmolVLM2's video prompt) and prints:
   for SmolVLM2 separately for the pixels alone (stream given the processor's intro) and for the intro.
 
 Needs torchvision, which the project does not install (see docs/ENGINE.md for the scratch venv):
-``python -m livevlm_ros.bench.processor_fidelity [--video V] [--frames 8] [--out FILE.json]``.
+``python -m livevlm_ros.bench.processor_fidelity [--video V] [--frames 8] [--clips 3] [--out FILE.json]``.
 """
 
 from __future__ import annotations
@@ -34,16 +34,19 @@ from .intro_effect import processor_intro
 QUESTION = "What is happening on the road?"
 
 
-def video_frames(path: str, count: int, fps: float = 1.0) -> list:
-    """``count`` RGB frames of the video at ``path``, ``fps`` apart."""
+def video_clips(path: str, clips: int, count: int, fps: float = 1.0, spacing_s: float = 10.0) -> list:
+    """``clips`` lists of ``count`` RGB frames ``1/fps`` apart from the video at ``path``, starting
+    ``spacing_s`` apart (0, 10, 20 s ...)."""
     from livevlm_ros.io.sources import open_source
 
-    frames = []
-    for _, rgb in open_source(path, fps=fps):
-        frames.append(rgb)
-        if len(frames) == count:
-            break
-    return frames
+    frames = [(t, rgb) for t, rgb in open_source(path, fps=fps)]
+    out = []
+    for k in range(clips):
+        clip = [rgb for t, rgb in frames if t >= k * spacing_s][:count]
+        if len(clip) < count:
+            raise SystemExit(f"{path} is too short for {clips} clips of {count} frames")
+        out.append(clip)
+    return out
 
 
 def _stream_logits(model, frames, times, question=QUESTION) -> torch.Tensor:
@@ -66,7 +69,8 @@ def _grey_levels(a: torch.Tensor, b: torch.Tensor, std: Sequence[float]) -> floa
     return float(((a.float() - b.float()).abs() * scale).max())
 
 
-def llava_onevision(frames: list) -> dict:
+def llava_onevision(clips: list) -> list:
+    """One row per clip: the LLaVA-OneVision-0.5B layout, stream against processor."""
     from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
 
     from .layouts import _OV_GRID, build_llava_onevision_05b
@@ -79,6 +83,10 @@ def llava_onevision(frames: list) -> dict:
         video_processor=LlavaOnevisionVideoProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
                                                      image_std=[0.5] * 3, resample=3),
         chat_template=model.chat_template, num_image_tokens=729, vision_feature_select_strategy="full")
+    return [_llava_clip(model, processor, frames) for frames in clips]
+
+
+def _llava_clip(model, processor, frames: list) -> dict:
     times = [float(t) for t in range(len(frames))]
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
@@ -96,7 +104,8 @@ def llava_onevision(frames: list) -> dict:
             "logits_stream_vs_processor": _compare(processor_logits, stream)}
 
 
-def smolvlm2(frames: list) -> dict:
+def smolvlm2(clips: list) -> list:
+    """One row per clip: the SmolVLM-256M layout (real LM) with SmolVLM2's video prompt."""
     from transformers import SmolVLMImageProcessor, SmolVLMProcessor
     from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
     from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
@@ -109,6 +118,10 @@ def smolvlm2(frames: list) -> dict:
     common = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=1, do_image_splitting=False, max_image_size=size)
     processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(size=size, **common), tokenizer=model.tokenizer,
                                  video_processor=SmolVLMVideoProcessor(size=size, **common), image_seq_len=64)
+    return [_smolvlm2_clip(model, processor, frames) for frames in clips]
+
+
+def _smolvlm2_clip(model, processor, frames: list) -> dict:
     n = len(frames)
     times = [float(t) for t in range(n)]
     metadata = VideoMetadata(total_num_frames=n, fps=1.0, frames_indices=list(range(n)), duration=float(n))
@@ -139,11 +152,29 @@ def smolvlm2(frames: list) -> dict:
             "logits_stream_vs_processor": _compare(processor_logits, stream_default)}
 
 
+def _worst(rows: list) -> dict:
+    """Per layout, the largest pixel and logit differences and the smallest argmax agreement over the clips."""
+    worst = {}
+    for row in rows:
+        entry = worst.setdefault(row["layout"], {})
+        for key, value in row.items():
+            if key.startswith("pixels"):
+                entry[key] = max(entry.get(key, 0.0), value)
+            elif key.startswith("logits"):
+                agg = entry.setdefault(key, {"max_abs_logit_diff": 0.0, "kl_nats": 0.0, "same_argmax": 0, "clips": 0})
+                agg["max_abs_logit_diff"] = max(agg["max_abs_logit_diff"], value["max_abs_logit_diff"])
+                agg["kl_nats"] = max(agg["kl_nats"], value["kl_nats"])
+                agg["same_argmax"] += int(value["same_argmax"])
+                agg["clips"] += 1
+    return worst
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m livevlm_ros.bench.processor_fidelity",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", default="../shared/data/videos/car-detection.mp4")
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (1 s apart)")
+    parser.add_argument("--clips", type=int, default=3, help="clips, starting 10 s apart")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     try:
@@ -151,8 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError:
         raise SystemExit("needs torchvision (transformers' video processors use it); see docs/ENGINE.md")
     torch.manual_seed(0)
-    frames = video_frames(args.video, args.frames)
-    result = {"video": args.video, "torch": torch.__version__, "rows": [llava_onevision(frames), smolvlm2(frames)]}
+    clips = video_clips(args.video, args.clips, args.frames)
+    rows = llava_onevision(clips) + smolvlm2(clips)
+    result = {"video": args.video, "torch": torch.__version__, "clips": args.clips, "rows": rows,
+              "worst": _worst(rows)}
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:

@@ -13,7 +13,6 @@ before any frame is read.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -113,7 +112,8 @@ def _hub_snapshot(repo_id: str) -> Path:
         return local  # offline, a partial snapshot is reported file by file by check_checkpoint
     if constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
-            f"{repo_id!r} is not in the hub cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading it: download "
+            f"{repo_id!r} is no directory here and not in the hub cache ({cache}), and HF_HUB_OFFLINE=1 forbids "
+            f"downloading it: download "
             f"it where the hub is reachable (`hf download {repo_id}`, then copy the cache), or pass its directory"
         )
     try:
@@ -124,7 +124,8 @@ def _hub_snapshot(repo_id: str) -> Path:
         raise ModelLoadError(f"hub repository {repo_id!r} has no 'main' revision: {exc}") from exc
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise ModelLoadError(
-            f"could not download {repo_id!r} from the hub and it is not in the hub cache ({cache}): {exc}. "
+            f"could not download {repo_id!r} from the hub, and it is no directory here and not in the hub cache "
+            f"({cache}): {exc}. "
             "Set HF_HUB_OFFLINE=1 on machines without network to skip the hub"
         ) from exc
 
@@ -143,11 +144,14 @@ def read_json(path: Path) -> object:
         raise ModelLoadError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
 
 
-def check_checkpoint(directory: Path) -> CheckpointFiles:
+def check_checkpoint(directory: Path, model_types: Optional[dict] = None) -> CheckpointFiles:
     """Check the files transformers will read from ``directory``; nothing is loaded yet.
 
+    Args:
+        model_types: the supported ``model_type`` values (keys), checked right after ``config.json``.
+
     Checks: every JSON file (top level and ``video_processor/``, ``image_processor/``) parses;
-    ``config.json`` is an object with a ``model_type``; weights exist in one of :data:`WEIGHT_FILES`
+    ``config.json`` is an object with a supported ``model_type``; weights exist in one of :data:`WEIGHT_FILES`
     layouts, with every shard an index names, and each safetensors header is readable and
     consistent with the file's size; a tokenizer (:data:`TOKENIZER_FILES`) exists.
 
@@ -164,6 +168,9 @@ def check_checkpoint(directory: Path) -> CheckpointFiles:
                              f"{_found(directory)})")
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelLoadError(f"{directory / 'config.json'} has no 'model_type'; expected a transformers model config")
+    if model_types is not None and config["model_type"] not in model_types:
+        raise ModelLoadError(f"{directory} holds a {config['model_type']!r} model; supported model types: "
+                             f"{', '.join(sorted(model_types))}")
     weights = _weight_files(directory, parsed)
     for weight in weights:
         if weight.suffix == ".safetensors":

@@ -26,7 +26,8 @@ LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: transformers ``model_type`` -> (adapter class, transformers model class name).
+#: transformers ``model_type`` -> (adapter class, transformers model class name): LLaVA-OneVision,
+#: SmolVLM2, SmolVLM v1 (Idefics3 classes).
 SUPPORTED_MODEL_TYPES = {
     "llava_onevision": (LlavaOnevisionVideoLLM, "LlavaOnevisionForConditionalGeneration"),
     "smolvlm": (SmolVLMVideoLLM, "SmolVLMForConditionalGeneration"),
@@ -100,8 +101,8 @@ def load_checkpoint_directory(name: str, directory: Path, device: torch.device, 
     """Load the checked checkpoint in ``directory`` (the local copy of ``name``) as a streaming adapter.
 
     Everything that can be checked without the weights is checked first (files, model type, chat
-    template); then weights, tokenizer and image processor load, and every parameter of the model
-    must come from the weights (a missing tensor would otherwise stay randomly initialised).
+    template, tokenizer, image processor); then the weights load, and every parameter of the model
+    must come from them (a missing tensor would otherwise stay randomly initialised).
 
     Raises:
         ModelLoadError: what was found in ``directory`` and what was expected.
@@ -109,23 +110,10 @@ def load_checkpoint_directory(name: str, directory: Path, device: torch.device, 
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    files = check_checkpoint(directory)
-    model_type = files.config["model_type"]
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{name!r} is a {model_type!r} model; supported model types: {sorted(SUPPORTED_MODEL_TYPES)} "
-            "(LLaVA-OneVision, SmolVLM2, SmolVLM/Idefics3)"
-        )
-    adapter_cls, class_name = SUPPORTED_MODEL_TYPES[model_type]
+    files = check_checkpoint(directory, SUPPORTED_MODEL_TYPES)
+    adapter_cls, class_name = SUPPORTED_MODEL_TYPES[files.config["model_type"]]
     template = adapter_cls.checkpoint_chat_template(directory)
     weights = ", ".join(w.name for w in files.weights)
-    try:
-        net, info = getattr(transformers, class_name).from_pretrained(
-            directory, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", output_loading_info=True
-        )
-    except Exception as exc:  # config values the class rejects, tensors of the wrong shape, unreadable weights
-        raise ModelLoadError(f"could not load {class_name} from {directory} ({weights}): {exc}") from exc
-    _check_loading_info(directory, weights, info)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
@@ -136,8 +124,21 @@ def load_checkpoint_directory(name: str, directory: Path, device: torch.device, 
     except Exception as exc:
         raise ModelLoadError(f"could not load the image processor of {directory} (preprocessor_config.json or "
                              f"processor_config.json): {exc}") from exc
-    adapter = adapter_cls(name=name, model=net.to(device), tokenizer=tokenizer, image_processor=image_processor,
-                          chat_template=template.text, chat_template_source=template.source, is_tiny=False)
+    try:
+        net, info = getattr(transformers, class_name).from_pretrained(
+            directory, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", output_loading_info=True
+        )
+    except Exception as exc:  # config values the class rejects, tensors of the wrong shape, unreadable weights
+        raise ModelLoadError(f"could not load {class_name} from {directory} ({weights}): {exc}") from exc
+    _check_loading_info(directory, weights, info)
+    try:
+        adapter = adapter_cls(name=name, model=net.to(device), tokenizer=tokenizer, image_processor=image_processor,
+                              chat_template=template.text, chat_template_source=template.source, is_tiny=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a config or tokenizer without what the family's layout needs
+        raise ModelLoadError(f"{directory} loaded as {class_name}, but not in the layout the {adapter_cls.family} "
+                             f"adapter expects: {type(exc).__name__}: {exc}") from exc
     LOG.info("loaded %s from %s (%s, chat template from %s) on %s as %s", name, directory, class_name,
              template.source, device, dtype)
     return adapter
