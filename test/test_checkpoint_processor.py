@@ -216,3 +216,16 @@ def test_resaved_fixture_equals_a_real_transformers5_save(name, layout_dir, tmp_
     assert sorted(p.name for p in real.iterdir()) == sorted(p.name for p in composed.iterdir())
     for path in real.iterdir():
         assert path.read_bytes() == (composed / path.name).read_bytes(), path.name
+
+
+def test_intro_benchmark_reference_is_the_processors_intro(layout_dir, monkeypatch):
+    """bench/intro_effect.py compares against ``processor_intro``: it must be what SmolVLMProcessor writes."""
+    from livevlm_ros.bench.intro_effect import processor_intro
+
+    processor = model_processor(layout_dir("smolvlm2-video"), monkeypatch)
+    n = 24
+    metadata = VideoMetadata(total_num_frames=n, fps=0.5, frames_indices=list(range(n)), duration=48.0)
+    expansion = processor.replace_video_token({"pixel_values": torch.zeros(1, n, 3, 1, 1), "video_metadata": [metadata]}, 0)
+    assert expansion.startswith(processor_intro(n, 48.0))
+    assert processor_intro(n, 48.0) == ("You are provided the following series of twenty-four frames from a 0:00:48 "
+                                        "[H:MM:SS] video.\n")

@@ -15,7 +15,10 @@ chat formats: SmolVLM2's (``User:``/``Assistant:``, ``SmolVLMProcessor.DEFAULT_C
 SmolLM2-Instruct's own (``<|im_start|>``; the LM answers best in it).
 
 Per question, paired against the reference: ``KL(P_ref || P_intro)`` (nats) of the first answer
-token, whether the top-1 token agrees, and whether the greedy answer names the right colour. Means
+token, whether the top-1 token agrees, whether the greedy answer names the right colour, and the
+forced choice: with the answer teacher-forced to "The {object} was", whether the right colour is
+the likeliest of the 11 next (in SmolVLM2's format SmolLM2 ends its turn at once: only this reads
+there). Means
 come with 95 % bootstrap confidence intervals over questions (paired for the accuracy difference).
 This is a proxy: SmolLM2-135M is SmolVLM2's language model before SmolVLM2's training, and the
 frames are text, not images (no real SmolVLM2 weights can be had here).
@@ -39,7 +42,7 @@ import torch
 from livevlm_ros.engine import EngineConfig, LiveVLMStream
 from livevlm_ros.engine.models.smolvlm import STREAM_INTRO, frame_time_text
 
-from .text_proxy import SECONDS_PER_FRAME, _LogitsProbe, is_correct, kl_divergence, make_stream
+from .text_proxy import COLOURS, SECONDS_PER_FRAME, _LogitsProbe, is_correct, kl_divergence, make_stream
 
 #: Candidate streaming intros (the reference is computed per stream).
 INTROS = {
@@ -73,18 +76,36 @@ def build_model(fmt: str):
     return build_smolvlm_256m(device="cpu", dtype="float32", chat_template=template, real_lm=True)
 
 
-def _answer(model, intro: str, captions: Sequence[str], times: Sequence[float], question: str):
-    """``(AskResult, [vocab] log-probabilities of the first answer token)`` of one stream read with ``intro``."""
+#: What the forced choice puts before the colour, per format (SmolVLM2's "Assistant:" has no space).
+CHOICE_PREFIX = {"smolvlm2": " The {object} was", "smollm2": "The {object} was"}
+
+
+def _answer(model, intro: str, stream_def, question, choice_prefix: str):
+    """One stream read with ``intro``: ``(AskResult, [vocab] first-token log-probabilities, [vocab]
+    log-probabilities of the token after ``choice_prefix`` (teacher-forced), where the colour goes)."""
     model.intro = intro
-    stream = LiveVLMStream(model, EngineConfig(memory="full", retrieval="none", clip_frames=len(captions),
+    stream = LiveVLMStream(model, EngineConfig(memory="full", retrieval="none", clip_frames=len(stream_def.captions),
                                                max_new_tokens=ANSWER_TOKENS))
     with torch.inference_mode():
-        for caption, t in zip(captions, times):
+        for caption, t in zip(stream_def.captions, stream_def.times):
             text = caption.split(" ", 1)[1]  # the caption without its own "[MM:SS]" stamp
             stream.ingest_embeddings(model.embed_text(frame_time_text(t) + " " + text), t)
         stream.flush()
-    result, _, log_probs = _LogitsProbe(stream).ask(question)
-    return result, log_probs[0]
+    probe = _LogitsProbe(stream)
+    result, _, log_probs = probe.ask(question.text)
+    prefix = model.tokenize(choice_prefix.format(object=question.object))
+    _, _, forced = probe.ask(question.text, forced=prefix + [prefix[-1]])  # the last one only sizes the run
+    return result, log_probs[0], forced[len(prefix)]
+
+
+def colour_token_ids(model) -> dict:
+    """colour -> its first token after a space (``" red"``), as it follows "The car was"."""
+    return {colour: model.tokenize(" " + colour)[0] for colour in COLOURS}
+
+
+def chosen_colour(log_probs: torch.Tensor, colour_ids: dict) -> str:
+    """The colour whose token is likeliest at the colour position (forced choice among the 11)."""
+    return max(colour_ids, key=lambda colour: float(log_probs[colour_ids[colour]]))
 
 
 def run(questions: int, frames: int, progress=None) -> dict:
@@ -94,8 +115,10 @@ def run(questions: int, frames: int, progress=None) -> dict:
     questions done so far (so a run cut short still leaves a complete, smaller result).
     """
     models = {fmt: build_model(fmt) for fmt in FORMATS}
-    raw = {fmt: {"reference": [], "examples": [], **{name: {"kl": [], "agree": [], "correct": []} for name in INTROS}}
-           for fmt in FORMATS}
+    colour_ids = {fmt: colour_token_ids(model) for fmt, model in models.items()}
+    metrics = ("kl", "agree", "correct", "choice")
+    raw = {fmt: {"reference": {"correct": [], "choice": []}, "examples": [],
+                 **{name: {m: [] for m in metrics} for name in INTROS}} for fmt in FORMATS}
     result = None
     for seed in range(questions):
         stream_def = make_stream(seed, frames)
@@ -103,16 +126,19 @@ def run(questions: int, frames: int, progress=None) -> dict:
         reference_intro = processor_intro(frames, frames * SECONDS_PER_FRAME)
         for fmt, model in models.items():
             record = raw[fmt]
-            ref_result, ref = _answer(model, reference_intro, stream_def.captions, stream_def.times, question.text)
-            record["reference"].append(is_correct(ref_result.answer, question.colour))
+            ref_result, ref, ref_colour = _answer(model, reference_intro, stream_def, question, CHOICE_PREFIX[fmt])
+            record["reference"]["correct"].append(is_correct(ref_result.answer, question.colour))
+            record["reference"]["choice"].append(chosen_colour(ref_colour, colour_ids[fmt]) == question.colour)
             for name, intro in INTROS.items():
-                answer, log_probs = _answer(model, intro, stream_def.captions, stream_def.times, question.text)
+                answer, log_probs, colour = _answer(model, intro, stream_def, question, CHOICE_PREFIX[fmt])
                 record[name]["kl"].append(kl_divergence(ref, log_probs))
                 record[name]["agree"].append(int(ref.argmax()) == int(log_probs.argmax()))
                 record[name]["correct"].append(is_correct(answer.answer, question.colour))
+                record[name]["choice"].append(chosen_colour(colour, colour_ids[fmt]) == question.colour)
                 if seed < 2:
                     record["examples"].append({"intro": name, "question": question.text, "gold": question.colour,
-                                               "answer": answer.answer, "reference_answer": ref_result.answer})
+                                               "answer": answer.answer, "reference_answer": ref_result.answer,
+                                               "choice": chosen_colour(colour, colour_ids[fmt])})
         result = _summary(models, raw, seed + 1, frames)
         if progress is not None:
             progress(result)
@@ -125,14 +151,17 @@ def _summary(models: dict, raw: dict, questions: int, frames: int) -> dict:
                         "answer_tokens": ANSWER_TOKENS, "bootstrap": BOOTSTRAP}, "formats": {}}
     for fmt, model in models.items():
         record = raw[fmt]
+        reference = record["reference"]
         rows = [{"intro": REFERENCE, "text": reference_intro, "intro_tokens": len(model.tokenize(reference_intro)),
-                 "accuracy": _mean_ci(record["reference"])}]
+                 "accuracy": _mean_ci(reference["correct"]), "choice_accuracy": _mean_ci(reference["choice"])}]
         for name, intro in INTROS.items():
             values = record[name]
             rows.append({"intro": name, "text": intro, "intro_tokens": len(model.tokenize(intro)),
                          "first_token_kl_nats": _mean_ci(values["kl"]), "top1_agrees": _mean_ci(values["agree"]),
                          "accuracy": _mean_ci(values["correct"]),
-                         "accuracy_minus_reference": _paired_diff_ci(values["correct"], record["reference"])})
+                         "accuracy_minus_reference": _paired_diff_ci(values["correct"], reference["correct"]),
+                         "choice_accuracy": _mean_ci(values["choice"]),
+                         "choice_accuracy_minus_reference": _paired_diff_ci(values["choice"], reference["choice"])})
         model.intro = STREAM_INTRO
         out["formats"][fmt] = {"rows": rows, "stream_prefix_tokens": len(model.tokenize(model.prefix_text(None))),
                                "examples": record["examples"]}
@@ -163,18 +192,20 @@ def markdown(result: dict) -> str:
              "reference (the processor's intro with the true frame count and duration); 95 % bootstrap CIs.", ""]
     for fmt, data in result["formats"].items():
         lines += [f"**{fmt} chat format** (stream prefix {data['stream_prefix_tokens']} tokens)", "",
-                  "| intro | tokens | first-token KL (nats) | top-1 = reference | accuracy | accuracy - reference |",
-                  "|---|---|---|---|---|---|"]
+                  "| intro | tokens | first-token KL (nats) | top-1 = reference | answer accuracy | - reference "
+                  "| forced-choice accuracy | - reference |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in data["rows"]:
             def ci(entry, pct=False):
                 if entry is None:
                     return "-"
-                f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.3f}")
+                f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.4f}")
                 return f"{f(entry['mean'])} [{f(entry['ci95'][0])}, {f(entry['ci95'][1])}]"
 
             lines.append(f"| {row['intro']} | {row['intro_tokens']} | {ci(row.get('first_token_kl_nats'))} | "
                          f"{ci(row.get('top1_agrees'), True)} | {ci(row['accuracy'], True)} | "
-                         f"{ci(row.get('accuracy_minus_reference'), True)} |")
+                         f"{ci(row.get('accuracy_minus_reference'), True)} | {ci(row['choice_accuracy'], True)} | "
+                         f"{ci(row.get('choice_accuracy_minus_reference'), True)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -109,7 +109,6 @@ def smolvlm2(clips: list) -> list:
     from transformers import SmolVLMImageProcessor, SmolVLMProcessor
     from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
     from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-    from transformers.video_utils import VideoMetadata
 
     from .layouts import build_smolvlm_256m
 
@@ -122,6 +121,8 @@ def smolvlm2(clips: list) -> list:
 
 
 def _smolvlm2_clip(model, processor, frames: list) -> dict:
+    from transformers.video_utils import VideoMetadata
+
     n = len(frames)
     times = [float(t) for t in range(n)]
     metadata = VideoMetadata(total_num_frames=n, fps=1.0, frames_indices=list(range(n)), duration=float(n))
