@@ -7,7 +7,8 @@
 * ``LIVEVLM_REQUIRE_LAUNCH_TESTS=1`` (set by ``.ci/run``): the run fails when a launch test
   (``test_launch*.py``, which need the ROS 2 launch stack) was skipped or none ran, so CI cannot
   pass with them silently skipped.
-* Fixtures: ``shared_data`` (the real recordings), ``ros_client`` (an rclpy helper node in its own
+* Fixtures: ``shared_data`` (the real recordings), ``layout_dir`` (checkpoint directories with the
+  file layout of real hub repos, ``checkpoint_layouts.py``), ``ros_client`` (an rclpy helper node in its own
   context), ``node_process`` (starts ``livevlm`` nodes as their own processes, stopped SIGINT ->
   SIGTERM at the end), ``launch_watch`` / ``launch_client`` (for the launch_pytest modules). The
   helpers themselves live in ``ros_helpers.py`` and ``launch_helpers.py``.
@@ -179,3 +180,20 @@ def pytest_terminal_summary(terminalreporter):
     problem = _launch_tests_missing()
     if problem:
         terminalreporter.write_line(f"FAILED (LIVEVLM_REQUIRE_LAUNCH_TESTS=1): {problem}", red=True)
+
+
+@pytest.fixture(scope="session")
+def layout_dir(tmp_path_factory):
+    """``layout_dir(name)`` -> the directory of real-layout checkpoint ``name`` (``checkpoint_layouts.build_layout``),
+    built once per session; treat it as read-only (copy it to change files)."""
+    from checkpoint_layouts import build_layout
+
+    root = tmp_path_factory.mktemp("layouts")
+    built = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_layout(name, root / name.replace("+", "_"))
+        return built[name]
+
+    return get

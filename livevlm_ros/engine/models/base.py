@@ -10,6 +10,7 @@ the decoder layers itself (see :mod:`livevlm_ros.engine.decoder`) so it can keep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidFrameError, ModelLoadError
+from .chat_template import ChatTemplate, processor_chat_template
 
 #: Split marker placed where the question goes when rendering a chat template.
 QUESTION_MARKER = "\u0000LIVEVLM_QUESTION\u0000"
@@ -67,19 +69,27 @@ def check_frame(frame: np.ndarray) -> None:
         raise InvalidFrameError(f"frame is empty: shape {tuple(frame.shape)}")
 
 
-def split_chat_prompt(rendered: str, video_placeholder: str) -> tuple[str, str]:
-    """Split a rendered chat prompt into (text before the video, text after it with the question marker).
+def split_chat_prompt(rendered: str, placeholder: str, source: str = "the model's chat template") -> tuple[str, str]:
+    """Split a rendered chat prompt into (text before the media placeholder, text after it with the question).
+
+    Args:
+        rendered: the template rendered for one user turn holding one media item and :data:`QUESTION_MARKER`.
+        placeholder: what the template writes for the media item (``<video>``, ``<image>``).
+        source: where the template came from, for the error message.
 
     Raises:
-        ModelLoadError: the template did not render exactly one video placeholder and one question.
+        ModelLoadError: the template did not render the placeholder once, then the question once.
     """
-    if rendered.count(video_placeholder) != 1 or rendered.count(QUESTION_MARKER) != 1:
+    if rendered.count(placeholder) != 1 or rendered.count(QUESTION_MARKER) != 1:
+        shown = rendered.replace(QUESTION_MARKER, "<question>")
         raise ModelLoadError(
-            f"the model's chat template must render one {video_placeholder!r} and the question once; got {rendered!r}"
+            f"the chat template from {source} must render one {placeholder!r} for the media item and the question "
+            f"once; it rendered {rendered.count(placeholder)} {placeholder!r} and "
+            f"{rendered.count(QUESTION_MARKER)} question(s): {shown!r}"
         )
-    before, after = rendered.split(video_placeholder)
+    before, after = rendered.split(placeholder)
     if QUESTION_MARKER not in after:
-        raise ModelLoadError("the model's chat template places the question before the video; not supported")
+        raise ModelLoadError(f"the chat template from {source} places the question before the media; not supported")
     return before, after
 
 
@@ -94,6 +104,8 @@ class VideoLLM:
         is_tiny: True for the built-in random-weight models (answers mean nothing).
         model: the transformers ``*ForConditionalGeneration`` module (eval mode).
         tokenizer / image_processor: the model's own processors.
+        chat_template / chat_template_source: the Jinja template rendered for the conversation, and where
+            it came from (a checkpoint file, a processor default, or built-in).
         layers: the language model's decoder layers (Qwen2 / Llama layout).
         final_norm, lm_head, rotary_emb, embed_tokens: language-model modules.
     """
@@ -101,6 +113,9 @@ class VideoLLM:
     family: str = ""
     #: Upper bound of the tokens one frame takes in the language model (set by each family).
     max_tokens_per_frame: int = 0
+    #: The content item the frames take in the chat conversation, and what the template renders for it.
+    media_item: str = "video"
+    media_placeholder: str = "<video>"
 
     def __init__(
         self,
@@ -110,8 +125,9 @@ class VideoLLM:
         language_model: nn.Module,
         tokenizer,
         image_processor,
-        chat_template: Optional[str],
+        chat_template: str,
         is_tiny: bool,
+        chat_template_source: str = "built-in",
     ) -> None:
         self.name = name
         self.is_tiny = is_tiny
@@ -119,6 +135,7 @@ class VideoLLM:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.chat_template = chat_template
+        self.chat_template_source = chat_template_source
         self.language_model = language_model
         self.layers = language_model.layers
         self.final_norm = language_model.norm
@@ -135,6 +152,12 @@ class VideoLLM:
         self.max_position_embeddings = int(text_config.max_position_embeddings)
         self._check_supported_layers()
         self.eos_token_ids = self._collect_eos_ids()
+
+    @classmethod
+    def checkpoint_chat_template(cls, directory: Path) -> ChatTemplate:
+        """The template this family's processor renders the frames' conversation with, for checkpoint
+        ``directory`` (default: the checkpoint's own processor template)."""
+        return processor_chat_template(directory)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -201,14 +224,39 @@ class VideoLLM:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def render_prompt(self, question: str, system_prompt: Optional[str]) -> str:
-        """The model's chat template rendered for one user turn: a video, then ``question``."""
+        """The model's chat template rendered for one user turn: the media item, then ``question``.
+
+        Raises:
+            ModelLoadError: the template cannot render such a turn (naming the template's source).
+        """
         messages = []
         if system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        messages.append({"role": "user", "content": [{"type": self.media_item}, {"type": "text", "text": question}]})
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja2 errors, or a text-only template meeting list contents (TypeError)
+            raise ModelLoadError(
+                f"{self.name}: the chat template from {self.chat_template_source} cannot render a user turn with a "
+                f"{self.media_item} item and a question: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def split_prompt(self, system_prompt: Optional[str]) -> tuple[str, str]:
+        """(text before the first frame, text after the last frame with :data:`QUESTION_MARKER`), as the
+        template renders them around the media item."""
+        rendered = self.render_prompt(QUESTION_MARKER, system_prompt)
+        return split_chat_prompt(rendered, self.media_placeholder, self.chat_template_source)
+
+    def check_prompt(self) -> None:
+        """Render the prompt once, so that a template that cannot place the frames fails at load time.
+
+        Raises:
+            ModelLoadError: as :meth:`render_prompt` and :func:`split_chat_prompt`.
+        """
+        self.prefix_text(None)
+        self.question_text("?", None)
 
     # ----------------------------------------------------------------- family-specific
     def prefix_text(self, system_prompt: Optional[str]) -> str:

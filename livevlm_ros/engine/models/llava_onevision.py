@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 
-from .base import QUESTION_MARKER, FrameEmbedding, QuestionEmbedding, VideoLLM, split_chat_prompt
+from .base import QUESTION_MARKER, FrameEmbedding, QuestionEmbedding, VideoLLM
 
 
 class LlavaOnevisionVideoLLM(VideoLLM):
@@ -30,21 +30,20 @@ class LlavaOnevisionVideoLLM(VideoLLM):
         self._vision_layer = config.vision_feature_layer
         self._select_strategy = config.vision_feature_select_strategy
         self.video_token = getattr(self.tokenizer, "video_token", None) or "<video>"
+        self.media_placeholder = self.video_token
         vision = config.vision_config
         self.frame_size = SizeDict(height=vision.image_size, width=vision.image_size)
         side = vision.image_size // vision.patch_size
         self.tokens_per_frame = ((side + 1) // 2) ** 2
         self.max_tokens_per_frame = self.tokens_per_frame
+        self.check_prompt()
 
     # ----------------------------------------------------------------- prompt
-    def _split(self, system_prompt: Optional[str]) -> tuple[str, str]:
-        return split_chat_prompt(self.render_prompt(QUESTION_MARKER, system_prompt), self.video_token)
-
     def prefix_text(self, system_prompt: Optional[str]) -> str:
-        return self._split(system_prompt)[0]
+        return self.split_prompt(system_prompt)[0]
 
     def question_text(self, question: str, system_prompt: Optional[str]) -> str:
-        return self._split(system_prompt)[1].replace(QUESTION_MARKER, question)
+        return self.split_prompt(system_prompt)[1].replace(QUESTION_MARKER, question)
 
     def question_embeds(self, question: str, system_prompt: Optional[str]) -> QuestionEmbedding:
         """``image_newline`` (closes the video) followed by the question suffix's token embeddings."""

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Optional
+from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError
 from .base import VideoLLM
+from .checkpoint import check_checkpoint, resolve_checkpoint
 from .llava_onevision import LlavaOnevisionVideoLLM
-from .smolvlm import SmolVLMVideoLLM
-from .tiny import TINY_LLAVA_ONEVISION, TINY_MODELS, TINY_SMOLVLM, build_tiny_llava_onevision, build_tiny_smolvlm
+from .smolvlm import SmolVLMImageSequenceLLM, SmolVLMVideoLLM
+from .tiny import (
+    TINY_LLAVA_ONEVISION,
+    TINY_MODELS,
+    TINY_PREFIX,
+    TINY_SMOLVLM,
+    build_tiny_llava_onevision,
+    build_tiny_smolvlm,
+)
 
 LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: transformers ``model_type`` -> (adapter class, transformers model class name).
+#: transformers ``model_type`` -> (adapter class, transformers model class name): LLaVA-OneVision,
+#: SmolVLM2, SmolVLM v1 (Idefics3 classes).
 SUPPORTED_MODEL_TYPES = {
     "llava_onevision": (LlavaOnevisionVideoLLM, "LlavaOnevisionForConditionalGeneration"),
     "smolvlm": (SmolVLMVideoLLM, "SmolVLMForConditionalGeneration"),
-    "idefics3": (SmolVLMVideoLLM, "Idefics3ForConditionalGeneration"),
+    "idefics3": (SmolVLMImageSequenceLLM, "Idefics3ForConditionalGeneration"),
 }
 
 _TINY_BUILDERS = {
@@ -61,6 +69,8 @@ def load_video_llm(model: str, device: str = "cpu", dtype: str = "float32") -> V
         model: ``tiny-llava-onevision`` / ``tiny-smolvlm`` (random weights, tests only), a Hugging Face
             hub id (e.g. ``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``,
             ``HuggingFaceTB/SmolVLM2-256M-Video-Instruct``) or a local directory holding such a checkpoint.
+            Looked up locally first (directory, then the hub cache); the hub is contacted only for an
+            ``owner/name`` id that is in neither, and never with ``HF_HUB_OFFLINE=1``.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32``, ``float16`` or ``bfloat16``.
 
@@ -80,57 +90,72 @@ def load_video_llm(model: str, device: str = "cpu", dtype: str = "float32") -> V
     return _load_pretrained(model, torch_device, torch_dtype)
 
 
-def _load_pretrained(model: str, device: torch.device, dtype: torch.dtype) -> VideoLLM:
+def _load_pretrained(name: str, device: torch.device, dtype: torch.dtype) -> VideoLLM:
+    if name.startswith(TINY_PREFIX) and not os.path.exists(name):
+        raise ModelLoadError(f"{name!r} is not a built-in test model; those are {', '.join(TINY_MODELS)}")
+    directory = resolve_checkpoint(name, not_found_hint=f", nor one of the built-in test models {TINY_MODELS}")
+    return load_checkpoint_directory(name, directory, device, dtype)
+
+
+def load_checkpoint_directory(name: str, directory: Path, device: torch.device, dtype: torch.dtype) -> VideoLLM:
+    """Load the checked checkpoint in ``directory`` (the local copy of ``name``) as a streaming adapter.
+
+    Everything that can be checked without the weights is checked first (files, model type, chat
+    template, tokenizer, image processor); then the weights load, and every parameter of the model
+    must come from them (a missing tensor would otherwise stay randomly initialised).
+
+    Raises:
+        ModelLoadError: what was found in ``directory`` and what was expected.
+    """
     import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoTokenizer
 
-    if os.path.exists(model):
-        if not os.path.isdir(model):
-            raise ModelLoadError(f"{model!r} is a file; expected a checkpoint directory (config.json + weights)")
-    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelLoadError(f"model directory {model!r} does not exist")
+    files = check_checkpoint(directory, SUPPORTED_MODEL_TYPES)
+    adapter_cls, class_name = SUPPORTED_MODEL_TYPES[files.config["model_type"]]
+    template = adapter_cls.checkpoint_chat_template(directory)
+    weights = ", ".join(w.name for w in files.weights)
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
-    except Exception as exc:  # transformers raises OSError/ValueError/HF errors here
-        raise ModelLoadError(
-            f"could not load a model config from {model!r}: {exc}. Expected a local checkpoint directory or a "
-            f"Hugging Face hub id reachable from this machine (set HF_HUB_OFFLINE=1 to use the local cache only), "
-            f"or one of the built-in test models {TINY_MODELS}."
-        ) from exc
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{model!r} is a {model_type!r} model; supported model types: {sorted(SUPPORTED_MODEL_TYPES)} "
-            "(LLaVA-OneVision, SmolVLM/SmolVLM2, Idefics3)"
-        )
-    adapter_cls, class_name = SUPPORTED_MODEL_TYPES[model_type]
-    try:
-        net = getattr(transformers, class_name).from_pretrained(
-            model, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa"
-        )
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
-        image_processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
-        raise ModelLoadError(f"could not load the weights or processors of {model!r}: {exc}") from exc
-    template = _chat_template(model, tokenizer)
-    LOG.info("loaded %s (%s) on %s as %s", model, class_name, device, dtype)
-    return adapter_cls(name=model, model=net.to(device), tokenizer=tokenizer, image_processor=image_processor,
-                       chat_template=template, is_tiny=False)
+        raise ModelLoadError(f"could not load the tokenizer of {directory} (tokenizer.json / tokenizer_config.json): "
+                             f"{exc}") from exc
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(directory, backend="pil", trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the image processor of {directory} (preprocessor_config.json or "
+                             f"processor_config.json): {exc}") from exc
+    try:
+        net, info = getattr(transformers, class_name).from_pretrained(
+            directory, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", output_loading_info=True
+        )
+    except Exception as exc:  # config values the class rejects, tensors of the wrong shape, unreadable weights
+        raise ModelLoadError(f"could not load {class_name} from {directory} ({weights}): {exc}") from exc
+    _check_loading_info(directory, weights, info)
+    try:
+        adapter = adapter_cls(name=name, model=net.to(device), tokenizer=tokenizer, image_processor=image_processor,
+                              chat_template=template.text, chat_template_source=template.source, is_tiny=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a config or tokenizer without what the family's layout needs
+        raise ModelLoadError(f"{directory} loaded as {class_name}, but not in the layout the {adapter_cls.family} "
+                             f"adapter expects: {type(exc).__name__}: {exc}") from exc
+    LOG.info("loaded %s from %s (%s, chat template from %s) on %s as %s", name, directory, class_name,
+             template.source, device, dtype)
+    return adapter
 
 
-def _chat_template(model: str, tokenizer) -> Optional[str]:
-    """The processor's chat template (``chat_template.json``/``.jinja``), else the tokenizer's."""
-    from transformers.utils import cached_file
-
-    for filename in ("chat_template.jinja", "chat_template.json"):
-        try:
-            path = cached_file(model, filename, _raise_exceptions_for_missing_entries=False)
-        except Exception:  # hub unreachable: fall back to the tokenizer's template
-            path = None
-        if path:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            return json.loads(text)["chat_template"] if filename.endswith(".json") else text
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.chat_template
-    raise ModelLoadError(f"{model!r} has no chat template (chat_template.jinja/json or tokenizer template)")
+def _check_loading_info(directory: Path, weights: str, info: dict) -> None:
+    """Raise when the weights left model parameters uninitialised or had tensors of the wrong shape."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"the weights in {directory} ({weights}) lack {len(missing)} tensor(s) the model needs, e.g. "
+            f"{', '.join(missing[:3])}; expected a complete checkpoint of this architecture"
+        )
+    if mismatched:
+        raise ModelLoadError(f"the weights in {directory} ({weights}) have tensors of the wrong shape: {mismatched[:3]}")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        LOG.warning("%s: %d tensor(s) in the weights are not used by the model, e.g. %s", directory, len(unexpected),
+                    ", ".join(unexpected[:3]))

@@ -26,8 +26,10 @@ from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfi
 from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM_CHAT_TEMPLATE
 
-TINY_LLAVA_ONEVISION = "tiny-llava-onevision"
-TINY_SMOLVLM = "tiny-smolvlm"
+#: Every built-in model's name starts with this; other names starting with it are refused at once.
+TINY_PREFIX = "tiny-"
+TINY_LLAVA_ONEVISION = TINY_PREFIX + "llava-onevision"
+TINY_SMOLVLM = TINY_PREFIX + "smolvlm"
 TINY_MODELS = (TINY_LLAVA_ONEVISION, TINY_SMOLVLM)
 
 #: Weights are drawn from this seed, so every load of a tiny model is the same model.
