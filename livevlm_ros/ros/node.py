@@ -371,11 +371,13 @@ class LiveVLMNode(LifecycleNode):
         with self._requests_lock:
             return self._requests_in_flight
 
-    def wait_for_responses(self, timeout: float = RESPONSE_GRACE_S) -> bool:
-        """Wait (other executor threads answer) until no question is in flight; False after ``timeout`` s."""
+    def wait_for_responses(self, timeout: float = RESPONSE_GRACE_S, settle_s: float = 0.3) -> bool:
+        """Wait (other executor threads answer) until no question is in flight, then ``settle_s`` more for
+        rclpy to send the last responses and action results (tasks of their own); False after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while self.requests_in_flight() and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(settle_s)
         return not self.requests_in_flight()
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
