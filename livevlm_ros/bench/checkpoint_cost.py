@@ -16,7 +16,8 @@ median):
 and two baselines in the same run: ``raw_write_s``, writing the same number of bytes with one
 ``write`` + ``fsync`` (the disk itself), and ``clip_ingest_s``, one clip of real frames through
 :meth:`LiveVLMStream.ingest` (vision tower + prefill), the pause the worker already has per clip.
-Per model, a least-squares line over the lengths gives bytes and milliseconds per 1,000 tokens.
+Lengths: 20, 40, 60 and 80 % of the model's trained context unless given. Per model, a least-squares
+line over the lengths gives bytes and milliseconds per 1,000 tokens.
 
 Outputs: ``checkpoint_cost.json`` and ``checkpoint_cost.md`` in ``--out``; the table is printed.
 """
@@ -28,7 +29,7 @@ import platform
 import statistics
 import tempfile
 import time
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from livevlm_ros.engine import EngineConfig, LiveVLMStream
 from livevlm_ros.engine.persistence import load_checkpoint, save_checkpoint
 
 DEFAULT_MODELS = ("tiny-llava-onevision", "tiny-smolvlm", "smolvlm-256m")
-DEFAULT_TOKENS = (1000, 2000, 4000, 6000)
+#: Memory lengths measured, as shares of the model's trained context (positions).
+DEFAULT_SHARES = (0.2, 0.4, 0.6, 0.8)
 CLIP_FRAMES = 8
 
 
@@ -79,23 +81,28 @@ def _clip_ingest_s(model, repeats: int) -> List[float]:
     return _times(clip, repeats)
 
 
-def measure_model(model, lengths: Sequence[int], repeats: int, directory: str) -> dict:
-    """Rows (one per memory length) and the per-1,000-token fit for one model."""
+def measure_model(model, lengths: Optional[Sequence[int]], repeats: int, directory: str) -> dict:
+    """Rows (one per memory length; default :data:`DEFAULT_SHARES` of the context) and the per-1,000-token fit."""
     per_frame = _tokens_per_frame(model)
     config = EngineConfig(memory="full", clip_frames=CLIP_FRAMES)
     stream = LiveVLMStream(model, config)
     generator = torch.Generator().manual_seed(0)
     rows, t = [], 0.0
     capacity = stream.stats().max_position_embeddings
-    for target in sorted(lengths):
+    lengths = lengths or [int(share * capacity) for share in DEFAULT_SHARES]
+    prefix = stream.stats().tokens
+    fed = 0
+    for target in sorted(set(lengths)):
         if target >= capacity - per_frame * CLIP_FRAMES:
             break
-        while stream.stats().tokens + per_frame <= target:
+        while prefix + (fed + 1) * per_frame <= target:
             embeds = torch.randn(per_frame, model.hidden_size, generator=generator) * 0.02
             stream.ingest_embeddings(embeds, t)
-            t += 0.5
+            t, fed = t + 0.5, fed + 1
         stream.flush()
         tokens = stream.stats().tokens
+        if rows and tokens == rows[-1]["tokens"]:
+            continue
         snapshot = _times(stream.checkpoint, repeats)
         checkpoint = stream.checkpoint()
         path = os.path.join(directory, "bench.safetensors")
@@ -122,7 +129,8 @@ def measure_model(model, lengths: Sequence[int], repeats: int, directory: str) -
 
 
 def fit(rows: List[dict]) -> dict:
-    """Least-squares ``value = a + b * tokens`` per measure: ``b * 1000`` (per 1,000 tokens) and ``a``."""
+    """Per measure: the least-squares line ``value = fixed + slope * tokens`` (``per_1000_tokens`` = 1000 x slope)
+    and ``ratio_per_1000_tokens``, the largest checkpoint's value / its tokens x 1000 (fixed costs included)."""
     if len(rows) < 2:
         return {}
     x = np.array([r["tokens"] for r in rows], dtype=float)
@@ -130,7 +138,8 @@ def fit(rows: List[dict]) -> dict:
     for key in ("bytes", "snapshot_s", "write_s", "raw_write_s", "load_s", "restore_s"):
         y = np.array([r[key] for r in rows], dtype=float)
         slope, intercept = np.polyfit(x, y, 1)
-        out[key] = {"per_1000_tokens": float(slope * 1000), "fixed": float(intercept)}
+        out[key] = {"per_1000_tokens": float(slope * 1000), "fixed": float(intercept),
+                    "ratio_per_1000_tokens": float(y[-1] / x[-1] * 1000)}
     return out
 
 
@@ -147,25 +156,32 @@ def markdown(results: List[dict], meta: dict) -> str:
                 f"{r['write_s'] * 1e3:.1f} ({r['write_median_s'] * 1e3:.1f}) | {r['raw_write_s'] * 1e3:.1f} | "
                 f"{r['load_s'] * 1e3:.1f} ({r['load_median_s'] * 1e3:.1f}) | "
                 f"{r['restore_s'] * 1e3:.1f} ({r['restore_median_s'] * 1e3:.1f}) |")
-    lines += ["", "Per 1,000 memory tokens (least-squares slope over the lengths above) and one clip's ingest:", "",
+    lines += ["", "Per 1,000 memory tokens: least-squares slope over the lengths above, and in brackets the largest "
+              "checkpoint's cost / its tokens x 1,000 (fixed costs such as fsync included); the worker's pause "
+              "(snapshot) against one clip's ingest:", "",
               "| model | MB / 1k tokens | snapshot ms / 1k | write ms / 1k | raw write ms / 1k | load+restore ms / 1k "
-              "| one clip ingest ms |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| largest snapshot ms | one clip ingest ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def both(f, *keys):
+        slope = sum(f[k]["per_1000_tokens"] for k in keys) * 1e3
+        ratio = sum(f[k]["ratio_per_1000_tokens"] for k in keys) * 1e3
+        return f"{slope:.2f} ({ratio:.2f})"
+
     for res in results:
         f = res["fit"]
         if not f:
             continue
         lines.append(
-            f"| {res['model']} | {f['bytes']['per_1000_tokens'] / 1e6:.3f} | "
-            f"{f['snapshot_s']['per_1000_tokens'] * 1e3:.2f} | {f['write_s']['per_1000_tokens'] * 1e3:.2f} | "
-            f"{f['raw_write_s']['per_1000_tokens'] * 1e3:.2f} | "
-            f"{(f['load_s']['per_1000_tokens'] + f['restore_s']['per_1000_tokens']) * 1e3:.2f} | "
+            f"| {res['model']} ({res['dtype']}) | {f['bytes']['per_1000_tokens'] / 1e6:.3f} | {both(f, 'snapshot_s')} | "
+            f"{both(f, 'write_s')} | {both(f, 'raw_write_s')} | {both(f, 'load_s', 'restore_s')} | "
+            f"{res['rows'][-1]['snapshot_s'] * 1e3:.1f} ({res['rows'][-1]['tokens']} tokens) | "
             f"{res['clip_ingest_s'] * 1e3:.0f} ({res['clip_frames']} frames) |")
     return "\n".join(lines)
 
 
 def run(models: Sequence[str], out_dir: str, device: str = "cpu", dtype: str = "float32",
-        lengths: Sequence[int] = DEFAULT_TOKENS, repeats: int = 5, directory: str = None) -> dict:
+        lengths: Optional[Sequence[int]] = None, repeats: int = 5, directory: Optional[str] = None) -> dict:
     """Measure every model; writes ``checkpoint_cost.json`` / ``.md`` to ``out_dir``; returns the JSON."""
     from . import report
     from .cli import load_model, machine_description

@@ -272,7 +272,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads or torch.get_num_threads())
         checkpoint_cost.run(args.models or checkpoint_cost.DEFAULT_MODELS, args.out, device=args.device,
-                            dtype=args.dtype or "float32", lengths=args.checkpoint_tokens or checkpoint_cost.DEFAULT_TOKENS,
+                            dtype=args.dtype or "float32", lengths=args.checkpoint_tokens,
                             repeats=args.repeats, directory=args.checkpoint_dir)
         return 0
     threads_before = torch.get_num_threads()
