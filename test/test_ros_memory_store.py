@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from engine_helpers import random_frames
+from ros_helpers import RecordingLog as Log
 
 from livevlm_ros.engine import EngineConfig, LiveVLMStream, load_video_llm
 from livevlm_ros.engine.persistence import CheckpointError, load_checkpoint, save_checkpoint
@@ -25,29 +26,6 @@ from livevlm_ros.ros.parameters import QosSettings, StreamSettings
 from livevlm_ros.ros.worker import StreamRuntime
 
 CONFIG = EngineConfig(clip_frames=4, budget_tokens=96)
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def _add(self, level, text, **_kw):
-        self.lines.append((level, text))
-
-    def info(self, text, **kw):
-        self._add("info", text, **kw)
-
-    def warning(self, text, **kw):
-        self._add("warning", text, **kw)
-
-    def error(self, text, **kw):
-        self._add("error", text, **kw)
-
-    def debug(self, text, **kw):
-        self._add("debug", text, **kw)
-
-    def text(self, level=None):
-        return "\n".join(t for lv, t in self.lines if level in (None, lv))
 
 
 @pytest.fixture(scope="module")

@@ -295,22 +295,20 @@ def test_no_question_left_hanging_on_deactivate_and_lifecycle_shutdown(node_proc
     from lifecycle_msgs.msg import Transition
 
     node = Node(node_process, ros_client, "livevlm_hang", PARAMS)
+    elapsed = {}
     with CameraPublisher(ros_client, TOPIC, "raw", scene_render(), 30.0).wait_for_subscriber():
-        wait_until(lambda: node.ask(max_new_tokens=1).success, 20.0, "a first answer")
-        futures = _questions_in_flight(node)
-        t0 = time.monotonic()
-        transition = node.transition_async(Transition.TRANSITION_DEACTIVATE)
-        deactivate_s = _check_all_failed_within_grace(futures, t0, ["shutting down or deactivating"])
-        wait_until(transition.done, 30.0, "the deactivate")
-        assert transition.result().success
-        assert node.transition(Transition.TRANSITION_ACTIVATE)
-        wait_until(lambda: node.ask(max_new_tokens=1).success, 20.0, "answers after re-activation")
-        futures = _questions_in_flight(node)
-        t0 = time.monotonic()
-        transition = node.transition_async(Transition.TRANSITION_ACTIVE_SHUTDOWN)
-        shutdown_s = _check_all_failed_within_grace(futures, t0, ["shutting down or deactivating"])
-        wait_until(transition.done, 30.0, "the shutdown")
-    print(f"\nresponses after deactivate within {deactivate_s:.3f} s, after lifecycle shutdown {shutdown_s:.3f} s")
+        for name, tid in (("deactivate", Transition.TRANSITION_DEACTIVATE),
+                          ("lifecycle shutdown", Transition.TRANSITION_ACTIVE_SHUTDOWN)):
+            wait_until(lambda: node.ask(max_new_tokens=1).success, 20.0, "an answer")
+            futures = _questions_in_flight(node)
+            t0 = time.monotonic()
+            transition = node.transition_async(tid)
+            elapsed[name] = _check_all_failed_within_grace(futures, t0, ["shutting down or deactivating"])
+            wait_until(transition.done, 30.0, f"the {name}")
+            assert transition.result().success
+            if tid == Transition.TRANSITION_DEACTIVATE:
+                assert node.transition(Transition.TRANSITION_ACTIVATE)
+    print(f"\nresponses within {elapsed} s")
     assert node.proc.alive()
     assert node.proc.stop() == 0
 
