@@ -11,9 +11,10 @@ median):
 * ``write_s``: :func:`~livevlm_ros.engine.persistence.save_checkpoint` (temporary file, fsync,
   rename) and the file's ``bytes``;
 * ``load_s`` + ``restore_s``: :func:`~livevlm_ros.engine.persistence.load_checkpoint` and
-  ``LiveVLMStream.restore`` (keys rotated again) into a fresh stream;
+  ``LiveVLMStream.restore`` (keys rotated again) into a fresh stream (safetensors maps the file, so
+  the reading shows up in ``restore_s``: only their sum means something);
 
-and two baselines in the same run: ``raw_write_s``, writing the same number of bytes with one
+and two baselines in the same run: ``raw_write_s``, writing the same number of (random) bytes with one
 ``write`` + ``fsync`` (the disk itself), and ``clip_ingest_s``, one clip of real frames through
 :meth:`LiveVLMStream.ingest` (vision tower + prefill), the pause the worker already has per clip.
 Lengths: 20, 40, 60 and 80 % of the model's trained context unless given. Per model, a least-squares
@@ -52,10 +53,10 @@ def _times(fn: Callable[[], object], repeats: int) -> List[float]:
     return out
 
 
-def _raw_write(path: str, nbytes: int) -> None:
-    data = os.urandom(min(nbytes, 1 << 20)) * (nbytes // (1 << 20) + 1)
+def _raw_write(path: str, data: bytes) -> None:
+    """The baseline: ``data`` (prepared outside the timing) written with one ``write`` and ``fsync``."""
     with open(path, "wb") as handle:
-        handle.write(memoryview(data)[:nbytes])
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -108,7 +109,9 @@ def measure_model(model, lengths: Optional[Sequence[int]], repeats: int, directo
         path = os.path.join(directory, "bench.safetensors")
         write = _times(lambda: save_checkpoint(checkpoint, path), repeats)
         size = os.path.getsize(path)
-        raw = _times(lambda: _raw_write(os.path.join(directory, "raw.bin"), size), repeats)
+        data = os.urandom(size)
+        raw = _times(lambda: _raw_write(os.path.join(directory, "raw.bin"), data), repeats)
+        del data
         load = _times(lambda: load_checkpoint(path), repeats)
         loaded = load_checkpoint(path)
         fresh = LiveVLMStream(model, config)
