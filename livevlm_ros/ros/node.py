@@ -34,6 +34,7 @@ Time: every frame is sampled and windowed by its *header stamp* (float seconds);
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import gc
 import signal
 import sys
@@ -552,7 +553,11 @@ def main(args: Optional[List[str]] = None) -> int:
     1 when configure or activate fails under ``autostart``, 2 for invalid parameter overrides.
     """
     rclpy.init(args=args)
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr (a hung shutdown, a stuck
+    # worker) without stopping the node.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     node: Optional[LiveVLMNode] = None
+    executor: Optional[MultiThreadedExecutor] = None
     try:
         try:
             node = LiveVLMNode()
@@ -579,6 +584,11 @@ def main(args: Optional[List[str]] = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.release_engine()
+        if executor is not None:
+            # Bounded: a callback still running in the executor's thread pool must not keep the
+            # process alive (the interpreter joins those threads at exit).
+            executor.shutdown(timeout_sec=5.0, wait_for_threads=False)
+        if node is not None:
             try:
                 node.destroy_node()
             except Exception:
