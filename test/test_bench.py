@@ -139,3 +139,16 @@ def test_attention_memory_measures_both_paths_and_the_engine_needs_less():
     assert set(peak) == {"dense-mask", "engine"}
     assert 0 <= peak["engine"] < peak["dense-mask"]
     assert "dense-mask path" in markdown([row])
+
+
+def test_scoring_share_of_a_run_weighs_each_segment_by_its_ingest_time():
+    from livevlm_ros.bench.report import scoring_share_of_run
+
+    def row(frames, ms, share):
+        return {"model": "m", "policy": "vsb+par", "oom": False, "frames": frames, "ingest_ms_per_frame": ms,
+                "vsb_scoring_share": share}
+
+    # segments: 64 frames x 10 ms at 50 % (a warm-up spike), then 192 frames x 10 ms at 2 %
+    rows = [row(64, 10.0, 0.5), row(256, 10.0, 0.02), {**row(512, 10.0, 0.9), "oom": True}]
+    assert scoring_share_of_run(rows, "m") == pytest.approx((64 * 0.5 + 192 * 0.02) / 256)
+    assert scoring_share_of_run(rows, "other") is None

@@ -206,3 +206,33 @@ def test_half_precision_runs_on_cpu(dtype):
     result = stream.ask("what?", max_new_tokens=3)
     assert isinstance(result.answer, str) and result.new_tokens <= 3
     assert not math.isnan(result.ttft_s)
+
+
+def test_full_memory_warns_once_when_it_passes_the_trained_context():
+    """D7: ``memory: full`` grows past the model's positions; the stream says so, once."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    # a handler on the engine's logger itself (the launch_pytest plugin rearranges root logging)
+    collect, logger = Collect(), logging.getLogger("livevlm_ros.engine.stream")
+    model = tiny_model("tiny-llava-onevision")
+    stream = LiveVLMStream(model, EngineConfig(memory="full", retrieval="none", clip_frames=4))
+    embeds = torch.zeros(max(1, model.max_position_embeddings // 40), model.text_config.hidden_size, dtype=model.dtype)
+    logger.addHandler(collect)
+    try:
+        for i in range(48):
+            stream.ingest_embeddings(embeds, float(i))
+        stream.flush()
+    finally:
+        logger.removeHandler(collect)
+    warnings = [m for m in collect.messages if "past the model's trained context" in m]
+    assert len(warnings) == 1, collect.messages
+    assert f"of {model.max_position_embeddings} positions" in warnings[0]
+    assert stream.stats().tokens > model.max_position_embeddings

@@ -118,7 +118,13 @@ def test_ros2_run_starts_the_node_and_ctrl_c_stops_it_with_exit_code_0(tmp_path)
                 time.sleep(0.2)
             # Ctrl-C in the terminal: ros2 run waits while the node (same process group) stops
             os.killpg(proc.pid, signal.SIGINT)
-            assert proc.wait(30.0) == 0, log.read_text()
+            try:
+                code = proc.wait(30.0)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGUSR1)  # the node dumps its threads' stacks (faulthandler)
+                time.sleep(2.0)
+                pytest.fail(f"still running 30 s after Ctrl-C; log with the node's thread stacks:\n{log.read_text()}")
+            assert code == 0, log.read_text()
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

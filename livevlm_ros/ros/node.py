@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import gc
 import os
 import signal
@@ -690,8 +691,11 @@ def main(args: Optional[List[str]] = None) -> int:
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = _StopSignal()
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr (a hung shutdown, a stuck
+    # worker) without stopping the node.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     node: Optional[LiveVLMNode] = None
-    executor = None
+    executor: Optional[MultiThreadedExecutor] = None
     try:
         try:
             node = LiveVLMNode()
@@ -718,12 +722,15 @@ def main(args: Optional[List[str]] = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.release_engine()
+        if executor is not None:
+            # Bounded: a callback still running in the executor's thread pool must not keep the
+            # process alive (the interpreter joins those threads at exit).
+            executor.shutdown(timeout_sec=5.0, wait_for_threads=False)
+        if node is not None:
             try:
                 node.destroy_node()
             except Exception:
                 pass
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown may put Python's handler back
     return 0

@@ -152,6 +152,9 @@ class VideoLLM:
         self.max_position_embeddings = int(text_config.max_position_embeddings)
         self._check_supported_layers()
         self.eos_token_ids = self._collect_eos_ids()
+        #: question_text(QUESTION_MARKER, system_prompt) per system prompt: the chat template is
+        #: rendered once, not once per question.
+        self._question_templates: dict[Optional[str], str] = {}
 
     @classmethod
     def checkpoint_chat_template(cls, directory: Path) -> ChatTemplate:
@@ -270,7 +273,9 @@ class VideoLLM:
     def question_embeds(self, question: str, system_prompt: Optional[str]) -> QuestionEmbedding:
         """Embeddings of everything after the last frame, ending at the answer's start, with the
         question's own tokens marked."""
-        template = self.question_text(QUESTION_MARKER, system_prompt)
+        template = self._question_templates.get(system_prompt)
+        if template is None:
+            template = self._question_templates[system_prompt] = self.question_text(QUESTION_MARKER, system_prompt)
         start = template.index(QUESTION_MARKER)
         text = template.replace(QUESTION_MARKER, question)
         ids, own = self.tokenize_marking(text, (start, start + len(question)))
