@@ -152,3 +152,25 @@ def test_scoring_share_of_a_run_weighs_each_segment_by_its_ingest_time():
     rows = [row(64, 10.0, 0.5), row(256, 10.0, 0.02), {**row(512, 10.0, 0.9), "oom": True}]
     assert scoring_share_of_run(rows, "m") == pytest.approx((64 * 0.5 + 192 * 0.02) / 256)
     assert scoring_share_of_run(rows, "other") is None
+
+
+def test_compare_takes_each_sides_best_run_and_reports_speedups_and_spread(tmp_path, capsys):
+    def run_dir(name, ttft):
+        rows = [{"model": "m", "policy": "vsb+par", "frames": 256, "oom": False, "ttft_s": ttft,
+                 "answer_s": 10 * ttft, "ingest_ms_per_frame": 2.0},
+                {"model": "m", "policy": "full", "frames": 256, "oom": True, "ttft_s": None, "answer_s": None,
+                 "ingest_ms_per_frame": None}]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(rows))
+        return str(tmp_path / name)
+
+    before = ",".join([run_dir("b1", 0.004), run_dir("b2", 0.006)])
+    after = run_dir("a1", 0.002)
+    assert cli.main(["--compare", before, after]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| vsb+par | 256 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == ["4.00", "2.00", "2.00x"]  # TTFT ms: best before, after, speed-up
+    assert cells[-2:] == ["1.50", "1.00"]  # spread: 6 ms / 4 ms before, one run after
+    assert "| full |" not in table  # out-of-memory rows are not compared
+    assert cli.main(["--compare", str(tmp_path / "nowhere"), after]) == 1

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-tokens", nargs="+", type=int, help="memory lengths (tokens) for --checkpoint-cost")
     p.add_argument("--checkpoint-dir", help="where --checkpoint-cost writes its files (default: the temp dir)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="print before/after tables of two sets of runs (each DIR[,DIR...]) of different code")
     p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -259,6 +261,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.replot:
         replot(args.replot)
+        return 0
+    if args.compare:
+        from .compare import compare_markdown
+
+        try:
+            print(compare_markdown(*args.compare))
+        except (OSError, ValueError) as exc:
+            print(f"livevlm_bench --compare: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.save_tokenizer:
         from .layouts import save_tokenizer
