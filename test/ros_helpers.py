@@ -50,6 +50,32 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: f
         time.sleep(poll)
 
 
+class RecordingLog:
+    """An rclpy-style logger that keeps ``(level, message)`` pairs (``throttle_duration_sec`` etc. ignored)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def _add(self, level, msg, **_):
+        self.lines.append((level, msg))
+
+    def debug(self, msg, **kw):
+        self._add("debug", msg, **kw)
+
+    def info(self, msg, **kw):
+        self._add("info", msg, **kw)
+
+    def warning(self, msg, **kw):
+        self._add("warning", msg, **kw)
+
+    def error(self, msg, **kw):
+        self._add("error", msg, **kw)
+
+    def text(self, level=None) -> str:
+        """Every message (of ``level``), one per line."""
+        return "\n".join(m for lv, m in self.lines if level in (None, lv))
+
+
 # ============================================================================ node process
 class NodeProcess:
     """``python -m livevlm_ros.ros.node`` with parameters from a YAML file, output to a log file.

@@ -15,6 +15,7 @@ from livevlm_ros.io.image_codec import ImageDecodeError
 from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.ros.parameters import QosSettings, StreamSettings
 from livevlm_ros.ros.questions import Question
+from ros_helpers import RecordingLog as Log
 from livevlm_ros.ros.worker import (
     InferenceWorker,
     QueueFullError,
@@ -88,23 +89,6 @@ class FakeStream:
                            oldest_time=self.stamps[0] if self.stamps else None,
                            newest_time=self.stamps[-1] if self.stamps else None, max_position_id=0,
                            max_position_embeddings=512, device_kv_bytes=0, host_kv_bytes=0)
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def _add(self, level, msg, **_):
-        self.lines.append((level, msg))
-
-    def info(self, msg, **kw):
-        self._add("info", msg, **kw)
-
-    def warning(self, msg, **kw):
-        self._add("warning", msg, **kw)
-
-    def error(self, msg, **kw):
-        self._add("error", msg, **kw)
 
 
 def runtime(name="front", engine=None, fps=0.0, policy="reset", depth=1):

@@ -7,6 +7,7 @@ Examples::
     livevlm_bench --out $OUT --device cuda --dtype bfloat16 --no-fidelity --time-budget-s 240
     livevlm_bench --fidelity-only --out bench_out              # text proxy only
     livevlm_bench --replot bench_out                           # results.md + PNGs from results.json
+    livevlm_bench --checkpoint-cost --out bench_out            # memory checkpoint size / write / restore
 
 Outputs in ``--out``: ``results.json`` (list of rows, see :mod:`.sweep`), ``results.md``,
 ``meta.json`` (settings, machine, per-policy outcome, targets), ``fidelity.json`` (text proxy),
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
                         "(the dense-mask path against the engine's; CPU, fp32 and bf16)")
+    p.add_argument("--checkpoint-cost", action="store_true",
+                   help="only measure memory checkpoints: file size, snapshot / write / load+restore time per 1,000 "
+                        "memory tokens (tiny models and the SmolVLM-256M layout by default; see checkpoint_cost.py)")
+    p.add_argument("--checkpoint-tokens", nargs="+", type=int, help="memory lengths (tokens) for --checkpoint-cost")
+    p.add_argument("--checkpoint-dir", help="where --checkpoint-cost writes its files (default: the temp dir)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                    help="print before/after tables of two sets of runs (each DIR[,DIR...]) of different code")
@@ -272,6 +278,14 @@ def main(argv=None) -> int:
         return 0
     if args.attention_memory:
         return attention_memory(args.out)
+    if args.checkpoint_cost:
+        from . import checkpoint_cost
+
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        checkpoint_cost.run(args.models or checkpoint_cost.DEFAULT_MODELS, args.out, device=args.device,
+                            dtype=args.dtype or "float32", lengths=args.checkpoint_tokens,
+                            repeats=args.repeats, directory=args.checkpoint_dir)
+        return 0
     threads_before = torch.get_num_threads()
     threads = args.threads or _defaults(args).threads
     if threads:

@@ -175,6 +175,11 @@ class FrameSampler:
         self.commit(decision)
         return decision
 
+    def resume(self, last_kept_s: float) -> None:
+        """Continue a timeline whose last kept frame was stamped ``last_kept_s`` (s), e.g. a memory restored
+        from a checkpoint: later frames are sampled on from there, an earlier one is a jump back (policy)."""
+        self.commit(SampleDecision(Verdict.KEEP, float(last_kept_s), self.epoch))
+
     def reset(self) -> None:
         """Start a new timeline: the next frame is kept whatever its stamp (epoch + 1)."""
         self.epoch += 1

@@ -10,6 +10,8 @@ of every entry point):
 * :mod:`.questions`         validation of Ask requests, time windows, stamp <-> seconds.
 * :mod:`.worker`            the single thread that owns the model: ingest round-robin, FIFO questions.
 * :mod:`.status`            stream counters, ingest rate, diagnostic levels.
+* :mod:`.memory_store`      each stream's memory on disk (``memory_dir``): restore, periodic saves, reset
+                            (imports torch via the engine's persistence; no rclpy).
 
 :mod:`.node` is the rclpy lifecycle node (``LiveVLMNode``) and the ``livevlm_node`` entry point.
 """

@@ -11,9 +11,16 @@ Interfaces (relative to the node name, default ``/livevlm``):
   ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, always) every ``status_period_s``.
 
 Lifecycle: ``on_configure`` validates the parameters, loads the model once and makes one
-``LiveVLMStream`` per stream (sharing the model); ``on_activate`` subscribes and starts the
-worker thread; ``on_deactivate`` unsubscribes and stops it (memory kept); ``on_cleanup`` frees the
-model. With ``autostart`` (default) ``main`` configures and activates at once.
+``LiveVLMStream`` per stream (sharing the model), restoring each stream's memory from
+``memory_dir`` where it has a matching checkpoint (:mod:`livevlm_ros.ros.memory_store`);
+``on_activate`` subscribes and starts the worker thread; ``on_deactivate`` unsubscribes and stops
+it (memory kept, and saved to ``memory_dir``); ``on_cleanup`` frees the model. With ``autostart``
+(default) ``main`` configures and activates at once.
+
+No question is left hanging: questions queued or being answered when the node deactivates, shuts
+down (lifecycle or SIGINT/SIGTERM) get an error response, or an aborted action result, at once; on a
+signal ``main`` keeps the executor spinning until those responses are out, then saves the memory
+and exits.
 
 Concurrency contract (see also :mod:`livevlm_ros.ros.worker`):
 
@@ -33,11 +40,15 @@ Time: every frame is sampled and windowed by its *header stamp* (float seconds);
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import gc
+import os
 import signal
 import sys
+import threading
+import time
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
@@ -63,6 +74,7 @@ from livevlm_ros.io.frame_sampler import FrameSampler, JumpPolicy, Verdict
 from livevlm_ros.io.image_codec import decode_image_msg
 
 from .cdr import cdr_header_stamp
+from .memory_store import MemoryStore
 from .parameters import (
     DYNAMIC_PARAMETERS,
     NODE_NAME,
@@ -95,6 +107,8 @@ __all__ = ["LiveVLMNode", "main"]
 WARN_THROTTLE_S = 5.0
 #: Period (s) of the sweep that times out / cancels questions still waiting in the queue.
 EXPIRE_PERIOD_S = 0.1
+#: Longest wait (s) for the responses to questions failed by a deactivate / shutdown / signal.
+RESPONSE_GRACE_S = 2.0
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -183,6 +197,9 @@ class LiveVLMNode(LifecycleNode):
         self._action_server: Optional[ActionServer] = None
         self._status_pub = None
         self._last_counts: Dict[str, tuple] = {}
+        self._memory_store: Optional[MemoryStore] = None
+        self._requests_in_flight = 0  # Ask service calls and action goals not yet returned
+        self._requests_lock = threading.Lock()
 
         self._api_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -267,6 +284,14 @@ class LiveVLMNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         for rt in streams.values():
             rt.topic = self.resolve_topic_name(rt.settings.topic)
+        if settings.memory_dir:
+            try:
+                self._memory_store = self._restore_memory(settings, streams)
+            except OSError as exc:
+                self._model_error = f"memory_dir: {exc}"
+                log.error(f"configure failed: memory_dir {settings.memory_dir!r} cannot be used: {exc} "
+                          "(set it to a writable directory, or to '' to keep the memory in RAM only)")
+                return TransitionCallbackReturn.FAILURE
         load_s = (self._steady.now() - t0).nanoseconds * 1e-9
         self._settings, self._model, self._streams, self._model_error = settings, model, streams, ""
         log.info(f"model {model.name!r} loaded in {load_s:.1f} s on {model.device} ({model.dtype}); streams: "
@@ -275,6 +300,13 @@ class LiveVLMNode(LifecycleNode):
             log.warning(_random_weights_banner(model.name))
         self._create_interfaces(settings)
         return TransitionCallbackReturn.SUCCESS
+
+    def _restore_memory(self, settings: NodeSettings, streams: Dict[str, StreamRuntime]) -> MemoryStore:
+        """The node's :class:`MemoryStore`, each stream restored from its checkpoint where it matches."""
+        store = MemoryStore(os.path.expanduser(settings.memory_dir), settings.checkpoint_period_s, self.get_logger())
+        for rt in streams.values():
+            store.restore(rt)  # logs what it restored, or why not
+        return store
 
     def _create_interfaces(self, settings: NodeSettings) -> None:
         api = self._api_group
@@ -297,7 +329,7 @@ class LiveVLMNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._settings
         self._worker = InferenceWorker(self._streams, max_queued=settings.max_queued_questions,
-                                       logger=self.get_logger())
+                                       logger=self.get_logger(), store=self._memory_store)
         self._worker.start()
         for rt in self._streams.values():
             self._image_subscriptions.append(self._subscribe(rt))
@@ -325,10 +357,29 @@ class LiveVLMNode(LifecycleNode):
         for sub in self._image_subscriptions:
             self.destroy_subscription(sub)
         self._image_subscriptions = []
-        if self._worker is not None:
-            if not self._worker.stop(timeout=30.0):
-                self.get_logger().error("the worker thread did not stop within 30 s")
-            self._worker = None
+        if self._worker is None:
+            return
+        stopped = self._worker.stop(timeout=30.0)
+        self._worker = None
+        if not stopped:
+            self.get_logger().error("the worker thread did not stop within 30 s (memory not saved)")
+        elif self._memory_store is not None:
+            if not self._memory_store.save_all(self._streams.values()):
+                self.get_logger().error(f"memory checkpoints to {self._memory_store.directory} did not finish in time")
+
+    def requests_in_flight(self) -> int:
+        """Ask service calls and action goals that have not returned yet."""
+        with self._requests_lock:
+            return self._requests_in_flight
+
+    def wait_for_responses(self, timeout: float = RESPONSE_GRACE_S, settle_s: float = 0.3) -> bool:
+        """Wait (other executor threads answer) until no question is in flight, then ``settle_s`` more for
+        rclpy to send the last responses and action results (tasks of their own); False after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while self.requests_in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(settle_s)
+        return not self.requests_in_flight()
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -346,6 +397,9 @@ class LiveVLMNode(LifecycleNode):
         if self._status_pub is not None:
             self.destroy_lifecycle_publisher(self._status_pub)
             self._status_pub = None
+        if self._memory_store is not None:
+            self._memory_store.close()
+            self._memory_store = None
         device = str(getattr(self._model, "device", ""))
         self._streams, self._model, self._settings = {}, None, None
         gc.collect()
@@ -356,6 +410,7 @@ class LiveVLMNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release_engine()
+        self.wait_for_responses()  # the failed questions' responses go out before the services go
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
@@ -433,6 +488,17 @@ class LiveVLMNode(LifecycleNode):
         return question_from_request(request, stream_names=s.stream_names, engine=s.engine,
                                      default_timeout_s=s.ask_timeout_s)
 
+    @contextlib.contextmanager
+    def _in_flight(self):
+        """Count an Ask call / goal as in flight until its response is ready (see :meth:`wait_for_responses`)."""
+        with self._requests_lock:
+            self._requests_in_flight += 1
+        try:
+            yield
+        finally:
+            with self._requests_lock:
+                self._requests_in_flight -= 1
+
     async def _answer(self, request, on_token=None, cancel_requested=lambda: False) -> Answer:
         try:
             question = self._question(request)
@@ -447,7 +513,8 @@ class LiveVLMNode(LifecycleNode):
 
     async def _on_ask(self, request, response):
         """``~/ask``: one-shot answer."""
-        return _fill_answer(response, await self._answer(request))
+        with self._in_flight():
+            return _fill_answer(response, await self._answer(request))
 
     async def _execute_ask(self, goal_handle):
         """``~/ask_streaming``: feedback per token; cancel stops generation (partial answer, success false)."""
@@ -456,14 +523,15 @@ class LiveVLMNode(LifecycleNode):
             goal_handle.publish_feedback(
                 AskAction.Feedback(partial_answer=partial_answer, new_text=new_text, tokens_generated=tokens))
 
-        answer = await self._answer(goal_handle.request, on_token, lambda: goal_handle.is_cancel_requested)
-        if answer.cancelled and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif answer.success:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return _fill_answer(AskAction.Result(), answer)
+        with self._in_flight():
+            answer = await self._answer(goal_handle.request, on_token, lambda: goal_handle.is_cancel_requested)
+            if answer.cancelled and goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+            elif answer.success:
+                goal_handle.succeed()
+            else:
+                goal_handle.abort()
+            return _fill_answer(AskAction.Result(), answer)
 
     async def _on_reset(self, request, response):
         """``~/reset``: forget one stream's memory (or every stream's with an empty name)."""
@@ -502,7 +570,7 @@ class LiveVLMNode(LifecycleNode):
         msg.model_is_random_weights = bool(getattr(self._model, "is_tiny", False))
         for rt in self._streams.values():
             st, c = rt.stats, rt.counts()
-            msg.streams.append(StreamStatus(
+            status = StreamStatus(
                 name=rt.name, topic=rt.topic, transport=rt.settings.transport,
                 frames_received=c.received, frames_sampled=c.sampled, frames_ingested=c.ingested,
                 frames_dropped=c.dropped, frames_rejected=c.rejected,
@@ -510,8 +578,25 @@ class LiveVLMNode(LifecycleNode):
                 oldest_stamp=_to_time(st.oldest_time if st else None),
                 newest_stamp=_to_time(st.newest_time if st else None),
                 ingest_rate_hz=rt.rate.rate_hz(), newest_frame_age_s=self._frame_age(rt.newest_ingested_stamp),
-                queue_depth=c.queue_depth, coverage=[float(x) for x in st.coverage] if st else [0.0] * 10))
+                queue_depth=c.queue_depth, coverage=[float(x) for x in st.coverage] if st else [0.0] * 10)
+            self._fill_persistence(status, rt.name)
+            msg.streams.append(status)
         self._status_pub.publish(msg)
+
+    def _fill_persistence(self, status: StreamStatus, name: str) -> None:
+        """The ``memory_dir`` fields of a StreamStatus (what configure restored, the last checkpoint)."""
+        store = self._memory_store
+        if store is None:
+            return
+        report = store.reports.get(name)
+        if report is not None:
+            status.memory_restore = report.describe()
+            status.restored_frames, status.restored_tokens = report.frames, report.tokens
+            status.restored_oldest_stamp = _to_time(report.oldest_s)
+            status.restored_newest_stamp = _to_time(report.newest_s)
+        status.checkpoints_written = store.writes.get(name, 0)
+        last = store.last_write.get(name)
+        status.last_checkpoint_stamp = _to_time(last.last_stamp_s if last else None)
 
     def _publish_diagnostics(self) -> None:
         model = self._model
@@ -538,6 +623,10 @@ class LiveVLMNode(LifecycleNode):
             values = {"frames_received": c.received, "frames_sampled": c.sampled, "frames_ingested": c.ingested,
                       "frames_dropped": c.dropped, "frames_rejected": c.rejected, "queue_depth": c.queue_depth,
                       "ingest_rate_hz": f"{health.ingest_rate_hz:.2f}", "newest_frame_age_s": f"{age:.3f}"}
+            store = self._memory_store
+            if store is not None and rt.name in store.reports:
+                values.update(memory_restore=store.reports[rt.name].describe(),
+                              checkpoints_written=store.writes.get(rt.name, 0))
             statuses.append(DiagnosticStatus(
                 level=bytes([level]), name=f"{hw}: stream {rt.name}", message=text, hardware_id=hw,
                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
@@ -546,13 +635,62 @@ class LiveVLMNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
+class _StopSignal:
+    """SIGINT/SIGTERM handler of ``main``: it only records the signal; ``main`` then stops gracefully.
+
+    rclpy's own handlers shut the ROS context down at once, so the answers to the questions still
+    waiting could no longer be sent; this one lets ``main`` fail them, send the responses, save the
+    memory and then shut down. A second SIGINT (a terminal's Ctrl-C reaches the process twice, from
+    the terminal and from ``ros2 launch``) is ignored; a second SIGTERM ends the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: Optional[int] = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set():
+            if signum == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.signum = signum
+        self.event.set()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "shutdown"
+
+
+def _spin_until(executor, done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.02)
+
+
+def _stop_gracefully(node: "LiveVLMNode", executor, why: str) -> None:
+    """Stop the worker (failing every question) while the executor keeps spinning, so the responses go
+    out; then the memory is saved (``memory_dir``) and the executor spins until the last response left."""
+    node.get_logger().info(f"{why}: stopping (questions waiting get an error response, memory saved)")
+    closer = threading.Thread(target=node.release_engine, name="livevlm_stop", daemon=True)
+    closer.start()
+    _spin_until(executor, lambda: not closer.is_alive() and not node.requests_in_flight(), 60.0)
+    _spin_until(executor, lambda: False, 0.2)  # the last responses' sends
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """``livevlm_node``: run the node; with ``autostart`` configure + activate at once.
 
-    Returns the process exit status: 0 after a clean shutdown (Ctrl-C / SIGTERM via rclpy),
-    1 when configure or activate fails under ``autostart``, 2 for invalid parameter overrides.
+    Returns the process exit status: 0 after a clean shutdown (SIGINT / SIGTERM: questions in flight
+    get an error response and the memory is saved first), 1 when configure or activate fails under
+    ``autostart``, 2 for invalid parameter overrides.
     """
-    rclpy.init(args=args)
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = _StopSignal()
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr (a hung shutdown, a stuck
     # worker) without stopping the node.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -567,20 +705,20 @@ def main(args: Optional[List[str]] = None) -> int:
         streams = len(node.get_parameter("streams").value or [])
         executor = MultiThreadedExecutor(num_threads=max(4, streams + 3))
         executor.add_node(node)
-        if node.get_parameter("autostart").value:
+        if node.get_parameter("autostart").value and not stop.event.is_set():
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("autostart: configure failed (see the error above); exiting")
                 return 1
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("autostart: activate failed; exiting")
                 return 1
-        executor.spin()
+        while not stop.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        if rclpy.ok():
+            _stop_gracefully(node, executor, stop.name)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Shutting down. Ctrl-C in a terminal reaches this process twice (from the terminal, then
-        # from `ros2 launch` forwarding it): a second SIGINT must not abort the cleanup with a
-        # KeyboardInterrupt (exit code -2 instead of 0). SIGTERM still ends the process.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.release_engine()
@@ -594,7 +732,7 @@ def main(args: Optional[List[str]] = None) -> int:
             except Exception:
                 pass
         rclpy.try_shutdown()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown put Python's handler back
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown may put Python's handler back
     return 0
 
 

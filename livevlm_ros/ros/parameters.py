@@ -13,6 +13,7 @@ Parameter names (node ``livevlm``)::
     model, device, dtype, autostart                       read-only
     sample_fps, stamp_jitter_tolerance_s, timestamp_jump_policy, max_pixels, frame_queue_depth
     ask_timeout_s, max_queued_questions, status_period_s, stale_frame_warn_s, drop_warn_ratio
+    memory_dir, checkpoint_period_s                       persistent memory (read-only)
     qos.reliability, qos.depth                            image subscription QoS, all streams
     streams                                               names of the camera streams
     streams.<name>.topic / .transport / .qos.reliability / .qos.depth
@@ -166,6 +167,8 @@ class NodeSettings:
     status_period_s: float = 1.0
     stale_frame_warn_s: float = 5.0
     drop_warn_ratio: float = 0.5
+    memory_dir: str = ""
+    checkpoint_period_s: float = 60.0
     streams: Tuple[StreamSettings, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -230,6 +233,14 @@ def base_parameter_specs() -> List[ParamSpec]:
                   "Diagnostics WARN when more than this share of the sampled frames was dropped in the last "
                   "status period (the model ingests slower than sample_fps)",
                   read_only=False, minimum=0.0, maximum=1.0),
+        ParamSpec("memory_dir", _STRING, d.memory_dir,
+                  "Directory for each stream's memory checkpoint (<memory_dir>/<stream>.safetensors): saved "
+                  "every checkpoint_period_s of stream time, on deactivate, shutdown and SIGINT/SIGTERM, and "
+                  "restored on configure when it matches the model and engine configuration; empty: off "
+                  "(give each node its own directory)"),
+        ParamSpec("checkpoint_period_s", _DOUBLE, d.checkpoint_period_s,
+                  "Seconds of stream time (header stamps) between periodic memory checkpoints to memory_dir; "
+                  "0: only on deactivate, shutdown and signals", minimum=0.0, maximum=86400.0),
         ParamSpec("qos.reliability", _STRING, QosSettings().reliability,
                   "Reliability of the image subscriptions (REP-2003: best_effort for sensor data; "
                   "best_available matches the publisher); a stream's own value overrides it",
@@ -379,6 +390,8 @@ def settings_from_parameters(values: Mapping[str, Any], *, strict: bool = False)
     base = _values_for(base_parameter_specs(), values, problems)
     if not DEVICE_PATTERN.match(base["device"]):
         problems.append(f"device must be cpu, cuda or cuda:N, got {base['device']!r}")
+    if base["memory_dir"] != base["memory_dir"].strip() or "\0" in base["memory_dir"]:
+        problems.append(f"memory_dir must be a directory path without surrounding spaces, got {base['memory_dir']!r}")
     if not base["model"].strip():
         problems.append("model must not be empty (a hub id, a local directory or tiny-llava-onevision)")
 

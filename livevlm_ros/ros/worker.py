@@ -16,6 +16,11 @@ Concurrency contract (the node relies on it):
   so frames received before the question are part of the answer.
 * Timers read counters (plain ints, each written by one thread) and the latest
   :class:`MemoryStats` snapshot the worker stores after each engine call.
+* With a :class:`~livevlm_ros.ros.memory_store.MemoryStore`, the worker takes the periodic memory
+  snapshots itself (after an ingest, at a clip boundary: a device-to-host copy) and the store's
+  writer thread writes them; a ``~/reset`` also deletes the stream's checkpoint.
+* :meth:`InferenceWorker.stop` finishes every question at once, queued or being answered (with an
+  error), so no caller waits for the thread to reach its next token.
 
 Pure Python: the engine streams are injected (anything with ``ingest/ask/reset/stats``), so
 this module is tested with a fake engine and no ROS graph.
@@ -374,17 +379,19 @@ class InferenceWorker:
         logger: rclpy-style logger (``info/warning/error`` accepting ``throttle_duration_sec``).
         clock: monotonic clock (s).
         idle_wait_s: longest sleep when there is nothing to do (s).
+        store: where the memory is checkpointed (:class:`~livevlm_ros.ros.memory_store.MemoryStore`), or None.
     """
 
     WARN_THROTTLE_S = 5.0
 
     def __init__(self, streams: Mapping[str, StreamRuntime], *, max_queued: int, logger: Any,
-                 clock: Clock = time.monotonic, idle_wait_s: float = 0.5) -> None:
+                 clock: Clock = time.monotonic, idle_wait_s: float = 0.5, store: Any = None) -> None:
         self.streams: Dict[str, StreamRuntime] = dict(streams)
         self.max_queued = int(max_queued)
         self._log = logger
         self._clock = clock
         self._idle_wait_s = idle_wait_s
+        self.store = store
         self._jobs: Deque[Job] = deque()
         self._cond = threading.Condition()
         self._wake = False
@@ -404,7 +411,8 @@ class InferenceWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the thread (a running answer stops at its next token); fail queued jobs.
+        """Stop the thread; fail queued jobs and the question being answered at once (its generation
+        stops at the next token, its late result is dropped).
 
         Returns False if the thread did not end within ``timeout`` s.
         """
@@ -414,6 +422,9 @@ class InferenceWorker:
             pending = list(self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
+        running = self.busy_with
+        if isinstance(running, QuestionJob):
+            pending.append(running)
         for job in pending:
             self._refuse(job, "the node is shutting down or deactivating")
         thread, self._thread = self._thread, None
@@ -529,6 +540,12 @@ class InferenceWorker:
         finally:
             rt.done(item, ok)
         rt.refresh_stats()
+        if ok and self.store is not None:
+            try:
+                self.store.after_ingest(rt, item.stamp_s)
+            except Exception as exc:  # a failed snapshot must not stop the ingest
+                self._log.error(f"stream {rt.name}: memory checkpoint failed: {exc!r}",
+                                throttle_duration_sec=self.WARN_THROTTLE_S)
 
     def _serve(self, job: Job) -> None:
         self.busy_with = job
@@ -547,6 +564,9 @@ class InferenceWorker:
             rt.restart()
             rt.engine.reset()
             rt.refresh_stats()
+            if self.store is not None and not self.store.clear(name):
+                job.finish(f"stream {name}: memory cleared, but its checkpoint could not be deleted in time")
+                return
         job.finish("")
 
     def _finish_unstarted(self, job: QuestionJob, now: float) -> None:

@@ -5,7 +5,11 @@ Usage::
     livevlm_offline SOURCE [--topic T] [--fps F] [--model M] [--device D] [--dtype T]
                     [--memory {full,sliding,topk,vsb,rekv}] [--retrieval {none,par,par-pe}]
                     [--budget TOKENS] [--max-new-tokens N] [--ask "T:QUESTION" ...] [--json]
-                    [... every other EngineConfig field as --field-name ...]
+                    [--save-memory PATH] [... every other EngineConfig field as --field-name ...]
+    livevlm_offline --load-memory PATH [same model / engine options] --ask "T:QUESTION" ...
+
+``--save-memory`` / ``--load-memory``: ingest a recording once, question it many times
+(:mod:`livevlm_ros.tools.offline_memory`; a bad or mismatched memory file exits 1).
 
 ``SOURCE`` is a video file, a rosbag2 directory / .mcap / .db3 / ROS 1 .bag (``--topic`` picks
 the image topic when there are several), or a folder of JPEG/PNG images.
@@ -38,8 +42,8 @@ time goes backwards are dropped, warned about and counted (``frames_out_of_order
 
 An engine error on one question (e.g. no frame yet, a question too long for the context) is
 reported in that answer's ``"error"`` (its other result fields ``null``) and the run goes on.
-Exit status: 0 every question answered, 1 the model or the source could not be opened, 2 bad
-arguments, 3 one or more questions failed (their errors are in the output).
+Exit status: 0 every question answered, 1 the model, the source or a memory file could not be
+opened or written, 2 bad arguments, 3 one or more questions failed (their errors are in the output).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ from livevlm_ros.engine import (
 )
 from livevlm_ros.engine.config import field_descriptions
 from livevlm_ros.io.sources import FrameSource, SourceError, open_source
+
+from . import offline_memory
 
 DEFAULT_MODEL = "tiny-llava-onevision"
 DEFAULT_DEVICE = "cpu"
@@ -192,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "at given stream times. Times are seconds since the first frame.",
     )
     parser.add_argument(
-        "source", metavar="SOURCE", help="video file, rosbag2 directory/.mcap/.db3, ROS 1 .bag, or image folder"
+        "source", metavar="SOURCE", nargs="?",
+        help="video file, rosbag2 directory/.mcap/.db3, ROS 1 .bag, or image folder (none with --load-memory)"
     )
     parser.add_argument(
         "--topic",
@@ -235,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    offline_memory.add_options(parser)
     _add_config_options(parser)
     return parser
 
@@ -365,6 +373,8 @@ def run_stream(
     answered from the frames read so far.
     """
     run = OfflineRun(stream, asks, on_answer, warn)
+    # a memory restored by --load-memory: its newest frame and time offset
+    run.last_time, run.time_offset_s = getattr(source, "last_time", None), getattr(source, "time_offset_s", None)
     total = source.expected_frames
     if duration_s is not None and source.fps and total is not None:
         total = min(total, int(duration_s * source.fps) + 1)
@@ -468,14 +478,17 @@ def _error(message: str) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``livevlm_offline``; returns the exit status."""
     args = parse_args(argv)
+    offline_memory.check_arguments(build_parser(), args)
     try:
         config = config_from_args(args)
     except LiveVLMError as err:
         build_parser().error(str(err))
-    try:
-        source = open_source(args.source, topic=args.topic, fps=args.fps or None, folder_fps=args.folder_fps)
-    except (SourceError, OSError) as err:
-        return _error(str(err))
+    source = None
+    if args.source:
+        try:
+            source = open_source(args.source, topic=args.topic, fps=args.fps or None, folder_fps=args.folder_fps)
+        except (SourceError, OSError) as err:
+            return _error(str(err))
     try:
         model = load_video_llm(args.model, device=args.device, dtype=args.dtype)
     except LiveVLMError as err:
@@ -491,6 +504,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream = LiveVLMStream(model, config)
     except LiveVLMError as err:
         return _error(f"could not start a stream: {err}")
+    if args.load_memory:
+        try:
+            source = offline_memory.load_memory(stream, args.load_memory)
+        except offline_memory.MemoryFileError as err:
+            return _error(str(err))
     run = run_stream(
         stream,
         source,
@@ -500,6 +518,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         on_answer=(lambda entry: emit(format_answer(entry))) if human else (lambda entry: None),
         warn=lambda message: tqdm.write(f"livevlm_offline: warning: {message}", file=sys.stderr),
     )
+    if args.save_memory:
+        try:
+            offline_memory.save_memory(stream, args.save_memory, source, run.time_offset_s)
+        except offline_memory.MemoryFileError as err:
+            return _error(str(err))
     memory = stream.stats().to_dict()
     status = EXIT_QUESTIONS_FAILED if run.failed else 0
     if run.failed:
