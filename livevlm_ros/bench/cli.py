@@ -7,6 +7,7 @@ Examples::
     livevlm_bench --out $OUT --device cuda --dtype bfloat16 --no-fidelity --time-budget-s 240
     livevlm_bench --fidelity-only --out bench_out              # text proxy only
     livevlm_bench --replot bench_out                           # results.md + PNGs from results.json
+    livevlm_bench --watch-cost --out bench_out                 # watches, evidence, memory view (tiny + SmolVLM-256M)
 
 Outputs in ``--out``: ``results.json`` (list of rows, see :mod:`.sweep`), ``results.md``,
 ``meta.json`` (settings, machine, per-policy outcome, targets), ``fidelity.json`` (text proxy),
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
                         "(the dense-mask path against the engine's; CPU, fp32 and bf16)")
+    p.add_argument("--watch-cost", action="store_true",
+                   help="cost of watches, evidence and the memory view (watch_cost.json/.md; see bench.watch_cost); "
+                   "models default to the tiny ones and smolvlm-256m; --watch-frames frames per run")
+    p.add_argument("--watch-frames", type=int, default=32, help="frames per --watch-cost run (default 32)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -266,10 +271,26 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
+        if args.watch_cost:
+            return watch_cost(args)
         run(args, argv)
     finally:
         torch.set_num_threads(threads_before)
     return 0
+
+
+def watch_cost(args) -> int:
+    """``--watch-cost``: see :mod:`.watch_cost`."""
+    from . import watch_cost as wc
+    from .layouts import SMOLVLM_256M
+
+    dtype = args.dtype or "float32"
+    frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or FULL.frame_size))
+    settings = wc.WatchCostSettings(frames=args.watch_frames, clip_frames=args.clip_frames if args.clip_frames != 8
+                                    else 4, budget_tokens=args.budget_tokens, repeats=args.repeats)
+    models = args.models or (TINY_MODELS + (SMOLVLM_256M,))
+    return wc.run(models, lambda name: load_model(name, args.device, dtype), args.out, settings, frames,
+                  machine_description(torch.device(args.device)))
 
 
 def attention_memory(out_dir: str) -> int:
