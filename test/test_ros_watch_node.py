@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from ros_helpers import CameraPublisher, requires_ros, wait_until
+from ros_helpers import CameraPublisher, action_client, goal_result, requires_ros, send_goal, wait_until
 
 pytestmark = requires_ros
 
@@ -67,32 +67,15 @@ def events(ros_client, node):
     return ros_client.subscribe(WatchEvent, "/livevlm/events")
 
 
-def watch_client(ros_client):
-    from rclpy.action import ActionClient
-
-    from livevlm_interfaces.action import Watch
-
-    if not hasattr(ros_client, "watch_action"):
-        ros_client.watch_action = ActionClient(ros_client.node, Watch, "/livevlm/watch")
-    assert ros_client.watch_action.wait_for_server(timeout_sec=10.0)
-    return ros_client.watch_action
-
-
 def start_watch(ros_client, feedback=None, **fields):
     from livevlm_interfaces.action import Watch
 
     fields.setdefault("condition", "Is a red ball in view?")
-    future = watch_client(ros_client).send_goal_async(Watch.Goal(**fields), feedback_callback=feedback)
-    wait_until(future.done, 10.0, "goal acceptance")
-    handle = future.result()
-    assert handle.accepted
-    return handle
+    return send_goal(action_client(ros_client, Watch, "/livevlm/watch"), Watch.Goal(**fields), feedback)
 
 
 def result_of(handle, timeout=60.0):
-    future = handle.get_result_async()
-    wait_until(future.done, timeout, "the watch result")
-    return future.result()
+    return goal_result(handle, timeout)
 
 
 def frames_ingested(status):

@@ -85,7 +85,7 @@ from livevlm_ros.engine.config import field_descriptions
 from livevlm_ros.io.sources import FrameSource, SourceError, open_source
 
 from .offline_memory import MemoryRecorder
-from .offline_watch import OfflineWatches, WatchError, format_edge, parse_watch
+from .offline_watch import OfflineWatches, WatchError, format_edge, parse_timed, parse_watch
 
 DEFAULT_MODEL = "tiny-llava-onevision"
 DEFAULT_DEVICE = "cpu"
@@ -119,16 +119,7 @@ def parse_ask(text: str) -> Ask:
     Raises:
         argparse.ArgumentTypeError: bad syntax (argparse turns it into a usage error).
     """
-    head, sep, question = text.partition(":")
-    try:
-        time_s = float(head)
-    except ValueError:
-        time_s = math.nan
-    if not sep or not question.strip() or not math.isfinite(time_s) or time_s < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected 'T:QUESTION' with T >= 0 seconds since the first frame, got {text!r}"
-        )
-    return Ask(time_s, question.strip())
+    return Ask(*parse_timed(text, "T:QUESTION"))
 
 
 # --------------------------------------------------------------------------------------------

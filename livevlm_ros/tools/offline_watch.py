@@ -17,26 +17,32 @@ from typing import Any, Callable, Dict, List, Sequence
 from livevlm_ros.engine import EngineConfig, LiveVLMError
 from livevlm_ros.ros.watches import WatchError, WatchTracker, evaluate_due, watch_from_goal
 
-__all__ = ["parse_watch", "OfflineWatches", "format_edge"]
+__all__ = ["parse_timed", "parse_watch", "OfflineWatches", "format_edge"]
 
 _STREAM = "offline"
 
 
-def parse_watch(text: str) -> tuple:
-    """``"T0:CONDITION"`` -> ``(T0, condition)``; ``T0`` >= 0 seconds since the first frame.
+def parse_timed(text: str, what: str) -> tuple:
+    """``"T:TEXT"`` -> ``(T, TEXT)`` with ``T`` >= 0 seconds since the first frame (``--ask``, ``--watch``).
 
     Raises:
-        argparse.ArgumentTypeError: bad syntax.
+        argparse.ArgumentTypeError: bad syntax, naming ``what`` (e.g. ``"T:QUESTION"``).
     """
-    head, sep, condition = text.partition(":")
+    head, sep, body = text.partition(":")
     try:
-        start = float(head)
+        time_s = float(head)
     except ValueError:
-        start = math.nan
-    if not sep or not condition.strip() or not math.isfinite(start) or start < 0:
+        time_s = math.nan
+    if not sep or not body.strip() or not math.isfinite(time_s) or time_s < 0:
+        label = what.split(":")[0]
         raise argparse.ArgumentTypeError(
-            f"expected 'T0:CONDITION' with T0 >= 0 seconds since the first frame, got {text!r}")
-    return start, condition.strip()
+            f"expected {what!r} with {label} >= 0 seconds since the first frame, got {text!r}")
+    return time_s, body.strip()
+
+
+def parse_watch(text: str) -> tuple:
+    """``"T0:CONDITION"`` -> ``(T0, condition)`` (argparse type)."""
+    return parse_timed(text, "T0:CONDITION")
 
 
 def _evidence(frames: Sequence) -> List[Dict[str, Any]]:
