@@ -10,6 +10,9 @@ of every entry point):
 * :mod:`.questions`         validation of Ask requests, time windows, stamp <-> seconds.
 * :mod:`.worker`            the single thread that owns the model: ingest round-robin, FIFO questions.
 * :mod:`.status`            stream counters, ingest rate, diagnostic levels.
+* :mod:`.watches`           Watch goals -> validated specs, the edge state machine, shared evaluation passes.
+* :mod:`.watch_board`       the running watches, bounded by ``max_watches``, evaluated by the worker.
+* :mod:`.evidence`          evidence stamps / thumbnails and the memory view as ROS messages (imports msgs).
 
 :mod:`.node` is the rclpy lifecycle node (``LiveVLMNode``) and the ``livevlm_node`` entry point.
 """

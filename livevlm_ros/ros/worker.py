@@ -16,6 +16,11 @@ Concurrency contract (the node relies on it):
   so frames received before the question are part of the answer.
 * Timers read counters (plain ints, each written by one thread) and the latest
   :class:`MemoryStats` snapshot the worker stores after each engine call.
+* Watches (:mod:`livevlm_ros.ros.watch_board`) are evaluated by this thread too: after an
+  ingest round, at a clip boundary, only when no question waits, at most once per clip each.
+* After each clip and answer the worker stores a :meth:`LiveVLMStream.timeline` snapshot
+  (:attr:`StreamRuntime.timeline`) and trims the stream's thumbnail ring; the node's memory view
+  is drawn from that snapshot in a timer thread, never from the engine.
 
 Pure Python: the engine streams are injected (anything with ``ingest/ask/reset/stats``), so
 this module is tested with a fake engine and no ROS graph.
