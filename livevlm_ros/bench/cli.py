@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-frames", type=int, default=32, help="frames per --watch-cost ingest run (default 32)")
     p.add_argument("--watch-memory-frames", nargs="+", type=int, default=[16, 64, 128],
                    help="memory sizes (frames) for --watch-cost evaluation times (default 16 64 128)")
+    p.add_argument("--watch-sustained-s", type=float, default=6.0,
+                   help="seconds of --watch-cost ingest with and without the memory view rendering (default 6)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--save-tokenizer", metavar="DIR", help="save the SmolLM2 tokenizer (for $LIVEVLM_BENCH_TOKENIZER)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -290,7 +292,7 @@ def watch_cost(args) -> int:
     frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or FULL.frame_size))
     settings = wc.WatchCostSettings(frames=args.watch_frames, memory_frames=tuple(args.watch_memory_frames),
                                     clip_frames=args.clip_frames, budget_tokens=args.budget_tokens,
-                                    repeats=args.repeats)
+                                    repeats=args.repeats, sustained_s=args.watch_sustained_s)
     models = args.models or (TINY_MODELS + (SMOLVLM_256M,))
     return wc.run(models, lambda name: load_model(name, args.device, dtype), args.out, settings, frames,
                   machine_description(torch.device(args.device)))
