@@ -530,6 +530,7 @@ class InferenceWorker:
     def _run(self) -> None:
         for rt in self.streams.values():
             rt.refresh_stats()
+            rt.snapshot_memory()  # a memory kept from before (deactivate / a restored checkpoint) shows at once
         while True:
             with self._cond:
                 if self._stopping:
