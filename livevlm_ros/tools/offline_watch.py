@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from livevlm_ros.engine import EngineConfig, LiveVLMError
 from livevlm_ros.ros.watches import WatchError, WatchTracker, evaluate_due, watch_from_goal
 
-__all__ = ["parse_timed", "parse_watch", "OfflineWatches", "format_edge"]
+__all__ = ["parse_timed", "parse_watch", "OfflineWatches", "format_edge", "WatchError"]
 
 _STREAM = "offline"
 
@@ -108,6 +108,3 @@ def format_edge(report: Dict[str, Any], edge: Dict[str, Any]) -> str:
     """One text line for a watch edge."""
     what = "became TRUE " if edge["state"] else "became false"
     return f"[{edge['time']:8.2f} s] WATCH {what}: {report['condition']!r} (p_yes {edge['p_yes']:.3f})"
-
-
-__all__ += ["WatchError"]
