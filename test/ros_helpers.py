@@ -266,3 +266,31 @@ class CameraPublisher:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ============================================================================ actions
+def action_client(client: RosClient, action_type, name: str):
+    """An rclpy ActionClient for ``name`` (one per name and client), its server found."""
+    from rclpy.action import ActionClient
+
+    cache = client.__dict__.setdefault("_action_clients", {})
+    if name not in cache:
+        cache[name] = ActionClient(client.node, action_type, name)
+    assert cache[name].wait_for_server(timeout_sec=10.0), f"action server {name} not available"
+    return cache[name]
+
+
+def send_goal(action, goal, feedback=None):
+    """Send ``goal`` with ``action`` (an ActionClient); the accepted goal handle."""
+    future = action.send_goal_async(goal, feedback_callback=feedback)
+    wait_until(future.done, 10.0, "goal acceptance")
+    handle = future.result()
+    assert handle.accepted
+    return handle
+
+
+def goal_result(handle, timeout: float = 30.0):
+    """The goal's result response (``.status``, ``.result``)."""
+    future = handle.get_result_async()
+    wait_until(future.done, timeout, "the action result")
+    return future.result()

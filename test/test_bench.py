@@ -174,3 +174,22 @@ def test_compare_takes_each_sides_best_run_and_reports_speedups_and_spread(tmp_p
     assert cells[-2:] == ["1.50", "1.00"]  # spread: 6 ms / 4 ms before, one run after
     assert "| full |" not in table  # out-of-memory rows are not compared
     assert cli.main(["--compare", str(tmp_path / "nowhere"), after]) == 1
+
+def test_watch_cost_counts_evaluations_and_writes_its_tables(tmp_path):
+    """``--watch-cost`` on one tiny model: the scheduling it times is the node's (one evaluation per watch per
+    clip, one for watches sharing a condition); sizes and times are positive; the markdown has every table."""
+    assert cli.main(["--watch-cost", "--models", "tiny-smolvlm", "--watch-frames", "8", "--clip-frames", "4",
+                     "--watch-memory-frames", "4", "8", "--repeats", "1", "--watch-sustained-s", "0.5", "--out",
+                     str(tmp_path), "--threads", "1"]) == 0
+    with open(tmp_path / "watch_cost.json") as handle:
+        (row,) = json.load(handle)["rows"]
+    ingest = row["ingest"]
+    assert [ingest[k]["evaluations"] for k in ("0", "1", "4", "4 shared")] == [0, 2, 8, 2]  # 2 clips of 4
+    assert all(v["fps"] > 0 for v in ingest.values()) and ingest["0 + view at 1 Hz"]["renders"] >= 1
+    assert [m["frames"] for m in row["by_memory"]] == [4, 8]
+    assert all(m["evaluate_ms"] > 0 and m["ttft_evidence_ms"] > 0 for m in row["by_memory"])
+    ring = row["ring"]
+    assert 0 < ring["bytes"] <= ring["bound"] and ring["thumbnails"] <= ring["frames_in_memory"]
+    assert row["view_size"] == [260, 960, 3] and 0 < row["render_cpu_share"] < 1
+    table = (tmp_path / "watch_cost.md").read_text()
+    assert table.count("| tiny-smolvlm |") == 1 + 2 + 1

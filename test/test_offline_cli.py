@@ -502,3 +502,43 @@ def test_cli_subprocess_on_real_bag():
     assert answer["error"] is None and answer["frames_seen"] == 7  # raw topic: 1.25 Hz, 0 .. 4.8 s
     assert report["source"]["time_offset_s"] == 1_700_000_000.0 and report["source"]["topic"] == "/camera/image_raw"
     assert report["memory"]["frames_ingested"] == 8 and report["config"]["memory"] == "sliding"
+
+
+@needs_engine
+@needs_data
+def test_watch_evidence_and_memory_plots_on_real_video(tmp_path, capsys):
+    """--watch edges, --evidence-dir thumbnails and --memory-plot(-dir) PNGs with the tiny model (p_yes is noise:
+    threshold 0 makes the watch fire at its first evaluation, whatever the model says)."""
+    from PIL import Image
+
+    plot, plots, evidence = tmp_path / "memory.png", tmp_path / "plots", tmp_path / "evidence"
+    status = offline.main([str(VIDEO), "--fps", "2", "--duration", "6", "--json", "--no-progress", "--max-new-tokens",
+                           "2", "--clip-frames", "4", "--evidence", "3", "--ask", "4:What is on the road?",
+                           "--watch", "1:Is a car in view?", "--watch-threshold", "0", "--evidence-dir",
+                           str(evidence), "--memory-plot", str(plot), "--memory-plot-dir", str(plots)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    report = json.loads(out)
+    (answer,) = report["answers"]
+    assert 1 <= len(answer["evidence"]) <= 3
+    for item in answer["evidence"]:
+        assert answer["span_start"] <= item["time"] <= answer["span_end"] and item["mass"] > 0
+        assert Image.open(item["thumbnail"]).format == "JPEG"
+    assert Image.open(answer["memory_plot"]).size == (960, 260)
+    assert report["memory_plot"] == str(plot) and Image.open(plot).mode == "RGB"
+    (watch,) = report["watches"]
+    assert watch["condition"] == "Is a car in view?" and watch["threshold"] == 0.0 and watch["error"] is None
+    times = [e["time"] for e in watch["evaluations"]]
+    assert times and times[0] >= 1.0 and times == sorted(times)  # from T0 on, once per clip
+    assert watch["fired"] and [e["state"] for e in watch["edges"]] == [True]  # threshold 0: true at once
+    assert watch["edges"][0]["time"] == times[0] and len(watch["edges"][0]["evidence"]) == 3
+    assert all(e["state"] for e in watch["evaluations"])
+
+
+def test_bad_watch_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        offline.main(["source.mp4", "--watch", "nocolon"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        offline.main(["source.mp4", "--watch", "1:ok?", "--watch-threshold", "2"])
+    assert exc.value.code == 2 and "threshold" in capsys.readouterr().err

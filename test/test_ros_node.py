@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import ros_helpers
 from ros_helpers import (
     CameraPublisher,
     compressed_image_msg,
@@ -98,31 +99,14 @@ def latest_status(status, after=None, timeout=5.0):
     return {s.name: s for s in status[-1].streams}, status[-1]
 
 
-def action_client(ros_client):
-    from rclpy.action import ActionClient
-
-    from livevlm_interfaces.action import Ask as AskAction
-
-    if not hasattr(ros_client, "ask_action"):
-        ros_client.ask_action = ActionClient(ros_client.node, AskAction, "/livevlm/ask_streaming")
-    assert ros_client.ask_action.wait_for_server(timeout_sec=10.0)
-    return ros_client.ask_action
-
-
 def send_goal(ros_client, feedback=None, **fields):
     from livevlm_interfaces.action import Ask as AskAction
 
-    future = action_client(ros_client).send_goal_async(AskAction.Goal(**fields), feedback_callback=feedback)
-    wait_until(future.done, 10.0, "goal acceptance")
-    handle = future.result()
-    assert handle.accepted
-    return handle
+    action = ros_helpers.action_client(ros_client, AskAction, "/livevlm/ask_streaming")
+    return ros_helpers.send_goal(action, AskAction.Goal(**fields), feedback)
 
 
-def get_result(handle, timeout=30.0):
-    future = handle.get_result_async()
-    wait_until(future.done, timeout, "the action result")
-    return future.result()
+get_result = ros_helpers.goal_result
 
 
 # ============================================================================ tests

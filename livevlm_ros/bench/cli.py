@@ -8,6 +8,7 @@ Examples::
     livevlm_bench --fidelity-only --out bench_out              # text proxy only
     livevlm_bench --replot bench_out                           # results.md + PNGs from results.json
     livevlm_bench --checkpoint-cost --out bench_out            # memory checkpoint size / write / restore
+    livevlm_bench --watch-cost --out bench_out                 # watches, evidence, memory view (tiny + SmolVLM-256M)
 
 Outputs in ``--out``: ``results.json`` (list of rows, see :mod:`.sweep`), ``results.md``,
 ``meta.json`` (settings, machine, per-policy outcome, targets), ``fidelity.json`` (text proxy),
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "memory tokens (tiny models and the SmolVLM-256M layout by default; see checkpoint_cost.py)")
     p.add_argument("--checkpoint-tokens", nargs="+", type=int, help="memory lengths (tokens) for --checkpoint-cost")
     p.add_argument("--checkpoint-dir", help="where --checkpoint-cost writes its files (default: the temp dir)")
+    p.add_argument("--watch-cost", action="store_true",
+                   help="cost of watches, evidence and the memory view (watch_cost.json/.md; see bench.watch_cost); "
+                   "models default to the tiny ones and smolvlm-256m; --watch-frames frames per run")
+    p.add_argument("--watch-frames", type=int, default=32, help="frames per --watch-cost ingest run (default 32)")
+    p.add_argument("--watch-memory-frames", nargs="+", type=int, default=[16, 64, 128],
+                   help="memory sizes (frames) for --watch-cost evaluation times (default 16 64 128)")
+    p.add_argument("--watch-sustained-s", type=float, default=6.0,
+                   help="seconds of --watch-cost ingest with and without the memory view rendering (default 6)")
     p.add_argument("--replot", metavar="DIR", help="rewrite results.md and the PNGs of DIR from its JSON files")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                    help="print before/after tables of two sets of runs (each DIR[,DIR...]) of different code")
@@ -291,10 +300,27 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
+        if args.watch_cost:
+            return watch_cost(args)
         run(args, argv)
     finally:
         torch.set_num_threads(threads_before)
     return 0
+
+
+def watch_cost(args) -> int:
+    """``--watch-cost``: see :mod:`.watch_cost`."""
+    from . import watch_cost as wc
+    from .layouts import SMOLVLM_256M
+
+    dtype = args.dtype or "float32"
+    frames = FrameSource(args.video, fps=args.fps, size=tuple(args.frame_size or FULL.frame_size))
+    settings = wc.WatchCostSettings(frames=args.watch_frames, memory_frames=tuple(args.watch_memory_frames),
+                                    clip_frames=args.clip_frames, budget_tokens=args.budget_tokens,
+                                    repeats=args.repeats, sustained_s=args.watch_sustained_s)
+    models = args.models or (TINY_MODELS + (SMOLVLM_256M,))
+    return wc.run(models, lambda name: load_model(name, args.device, dtype), args.out, settings, frames,
+                  machine_description(torch.device(args.device)))
 
 
 def attention_memory(out_dir: str) -> int:

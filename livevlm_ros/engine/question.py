@@ -16,10 +16,13 @@ from typing import Optional
 from .config import MAX_NEW_TOKENS_LIMIT, EngineConfig
 from .errors import InvalidQuestionError
 
-__all__ = ["AskRequest", "MAX_EVIDENCE_FRAMES"]
+__all__ = ["AskRequest", "MAX_EVIDENCE_FRAMES", "CONDITION_SUFFIX", "condition_request"]
 
 #: Most evidence frames one answer may report.
 MAX_EVIDENCE_FRAMES = 64
+
+#: Appended to a yes/no condition so that the first answer token is "yes" or "no".
+CONDITION_SUFFIX = " Answer yes or no."
 
 
 def _finite_or_none(name: str, value) -> Optional[float]:
@@ -95,3 +98,15 @@ class AskRequest:
     def windowed(self) -> bool:
         """True when a time window limits what the answer may use."""
         return self.since is not None or self.until is not None
+
+
+def condition_request(condition, config: EngineConfig, *, since=None, until=None, evidence: int = 0) -> AskRequest:
+    """The question a yes/no ``condition`` is evaluated as: the condition plus :data:`CONDITION_SUFFIX`,
+    one answer token. The one validation of a condition (the engine's and the ROS Watch goal's).
+
+    Raises:
+        InvalidQuestionError: empty, too long (suffix included), bad window or evidence count.
+    """
+    if isinstance(condition, str) and condition.strip():
+        condition = condition.strip() + CONDITION_SUFFIX
+    return AskRequest.build(condition, config, max_new_tokens=1, since=since, until=until, evidence=evidence)

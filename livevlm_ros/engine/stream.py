@@ -38,7 +38,7 @@ from .models.base import FrameEmbedding, VideoLLM, check_frame
 from .persistence import FORMAT_VERSION, MemoryCheckpoint, check_compatible, config_fingerprint, model_fingerprint
 from .policies import Region, make_policy
 from .prefill import MemoryPrefill
-from .question import AskRequest
+from .question import CONDITION_SUFFIX, AskRequest, condition_request
 from .results import AskResult, ConditionResult, EvidenceFrame, MemoryStats, Timeline
 from .text_stream import IncrementalDecoder
 from .timing import NO_TIMER
@@ -382,7 +382,7 @@ class LiveVLMStream:
             return self._result(request, cache, builder.plan, text.text, decoded, started)
 
     #: Appended to a condition so that the first answer token is "yes" or "no".
-    CONDITION_SUFFIX = " Answer yes or no."
+    CONDITION_SUFFIX = CONDITION_SUFFIX
 
     def evaluate_condition(self, condition: str, *, since: Optional[float] = None, until: Optional[float] = None,
                            evidence: int = 0) -> ConditionResult:
@@ -396,10 +396,7 @@ class LiveVLMStream:
             InvalidQuestionError / EmptyMemoryError: as :meth:`ask`.
         """
         started = time.perf_counter()
-        if isinstance(condition, str) and condition.strip():
-            condition = condition.strip() + self.CONDITION_SUFFIX
-        request = AskRequest.build(condition, self.config, max_new_tokens=1, since=since, until=until,
-                                   evidence=evidence)
+        request = condition_request(condition, self.config, since=since, until=until, evidence=evidence)
         yes_ids, no_ids = self._yes_no_ids()
         with torch.inference_mode():
             cache, logits, builder = self._begin(request, 1)

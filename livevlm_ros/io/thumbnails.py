@@ -97,6 +97,20 @@ class ThumbnailRing:
             for frame in [f for f in self._items if f not in keep]:
                 self._bytes -= len(self._items.pop(frame).jpeg)
 
+    def retain_timeline(self, token_times: Iterable[float], first_pending_frame: int) -> None:
+        """Keep the thumbnails of frames that still have tokens in memory, and of frames not yet prefilled.
+
+        Args:
+            token_times: stream time (s) of every frame token in memory (``Timeline.token_times``); a
+                frame has tokens left when its stamp is among them.
+            first_pending_frame: index of the first frame not yet prefilled (frames ingested so far);
+                those frames have no tokens yet but will.
+        """
+        times = set(float(t) for t in token_times)
+        with self._lock:
+            frames = [f for f, t in self._items.items() if f >= first_pending_frame or t.stamp_s in times]
+        self.retain(frames)
+
     def get(self, frame: int) -> Optional[Thumbnail]:
         with self._lock:
             return self._items.get(int(frame))

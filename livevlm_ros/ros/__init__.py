@@ -12,6 +12,9 @@ of every entry point):
 * :mod:`.status`            stream counters, ingest rate, diagnostic levels.
 * :mod:`.memory_store`      each stream's memory on disk (``memory_dir``): restore, periodic saves, reset
                             (imports torch via the engine's persistence; no rclpy).
+* :mod:`.watches`           Watch goals -> validated specs, the edge state machine, shared evaluation passes.
+* :mod:`.watch_board`       the running watches, bounded by ``max_watches``, evaluated by the worker.
+* :mod:`.evidence`          evidence stamps / thumbnails and the memory view as ROS messages (imports msgs).
 
 :mod:`.node` is the rclpy lifecycle node (``LiveVLMNode``) and the ``livevlm_node`` entry point.
 """

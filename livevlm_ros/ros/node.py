@@ -7,8 +7,11 @@ Interfaces (relative to the node name, default ``/livevlm``):
 * service ``~/ask`` (``livevlm_interfaces/srv/Ask``), action ``~/ask_streaming``
   (``livevlm_interfaces/action/Ask``, one feedback per token, cancel returns the partial answer),
   service ``~/reset`` (``livevlm_interfaces/srv/Reset``), created on configure;
+* action ``~/watch`` (``livevlm_interfaces/action/Watch``): standing yes/no conditions, feedback per
+  evaluation; every rising and falling edge also on ``~/events`` (``livevlm_interfaces/msg/WatchEvent``);
 * publishes ``~/memory_status`` (``livevlm_interfaces/msg/MemoryStatus``, while active) and
-  ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, always) every ``status_period_s``.
+  ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, always) every ``status_period_s``, and
+  ``~/memory_view`` (``sensor_msgs/Image`` rgb8, while active and subscribed) at the same rate.
 
 Lifecycle: ``on_configure`` validates the parameters, loads the model once and makes one
 ``LiveVLMStream`` per stream (sharing the model), restoring each stream's memory from
@@ -50,11 +53,10 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import rclpy
 import rclpy.exceptions
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -68,13 +70,16 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from livevlm_interfaces.action import Ask as AskAction
-from livevlm_interfaces.msg import MemoryStatus, StreamStatus
+from livevlm_interfaces.action import Watch as WatchAction
+from livevlm_interfaces.msg import MemoryStatus, StreamStatus, WatchEvent
 from livevlm_interfaces.srv import Ask, Reset
 from livevlm_ros.io.frame_sampler import FrameSampler, JumpPolicy, Verdict
 from livevlm_ros.io.image_codec import decode_image_msg
+from livevlm_ros.io.thumbnails import ThumbnailRing
 
 from .cdr import cdr_header_stamp
 from .memory_store import MemoryStore
+from .evidence import evidence_images, evidence_stamps, memory_view_image, rgb_image_msg, to_time
 from .parameters import (
     DYNAMIC_PARAMETERS,
     NODE_NAME,
@@ -88,8 +93,10 @@ from .parameters import (
     stream_parameter_specs,
     to_descriptor,
 )
-from .questions import Question, QuestionError, question_from_request, seconds_to_stamp
+from .questions import Question, QuestionError, question_from_request
 from .status import StreamHealth, model_level, stream_level
+from .watch_board import WatchBoard, WatchJob, WatchLimitError, WatchOutcome
+from .watches import Edge, WatchError, watch_from_goal
 from .worker import (
     Answer,
     InferenceWorker,
@@ -137,13 +144,13 @@ def _sampler(settings: NodeSettings) -> FrameSampler:
                         require_stamps=True)
 
 
-def _to_time(t: Optional[float]) -> Time:
-    sec, nanosec = seconds_to_stamp(t)
-    return Time(sec=sec, nanosec=nanosec)
+def _ring(settings: NodeSettings) -> Optional[ThumbnailRing]:
+    return ThumbnailRing(settings.thumbnail_ring_bytes) if settings.thumbnail_ring_bytes > 0 else None
 
 
-def _fill_answer(out, answer: Answer):
-    """Copy an :class:`Answer` (and its engine :class:`AskResult`, if any) into an Ask response or action result."""
+def _fill_answer(out, answer: Answer, images: Sequence = ()):
+    """Copy an :class:`Answer` (and its engine :class:`AskResult`, if any) into an Ask response or action
+    result; ``images``: its evidence thumbnails (``sensor_msgs/CompressedImage``)."""
     out.success = answer.success
     out.answer = answer.answer
     out.error = answer.error
@@ -152,10 +159,12 @@ def _fill_answer(out, answer: Answer):
     if result is not None:
         out.time_to_first_token_s = float(result.ttft_s)
         out.frames_seen = int(result.frames_seen)
-        out.span_start = _to_time(result.span_start)
-        out.span_end = _to_time(result.span_end)
+        out.span_start = to_time(result.span_start)
+        out.span_end = to_time(result.span_end)
         out.memory_tokens = int(result.memory_tokens)
         out.pages_retrieved = float(result.pages_retrieved)
+        out.evidence_stamps = evidence_stamps(result.evidence)
+    out.evidence_images = list(images)
     return out
 
 
@@ -195,7 +204,12 @@ class LiveVLMNode(LifecycleNode):
         self._api_services: List[Any] = []  # created on configure, destroyed on cleanup
         self._status_timers: List[Any] = []
         self._action_server: Optional[ActionServer] = None
+        self._watch_server: Optional[ActionServer] = None
+        self._watches: Optional[WatchBoard] = None
         self._status_pub = None
+        self._events_pub = None
+        self._view_pub = None
+        self._view_group = MutuallyExclusiveCallbackGroup()  # rendering never delays status timers
         self._last_counts: Dict[str, tuple] = {}
         self._memory_store: Optional[MemoryStore] = None
         self._requests_in_flight = 0  # Ask service calls and action goals not yet returned
@@ -275,7 +289,8 @@ class LiveVLMNode(LifecycleNode):
         try:
             streams = {
                 s.name: StreamRuntime(s, self._stream_factory(model, settings.engine), _sampler(settings),
-                                      settings.frame_queue_depth)
+                                      settings.frame_queue_depth, thumbnails=_ring(settings),
+                                      track_memory=settings.memory_view)
                 for s in settings.streams
             }
         except Exception as exc:  # e.g. a memory budget the model's context cannot hold
@@ -319,7 +334,17 @@ class LiveVLMNode(LifecycleNode):
             self, AskAction, "~/ask_streaming", execute_callback=self._execute_ask,
             goal_callback=lambda _goal: GoalResponse.ACCEPT, cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=api)
+        self._events_pub = self.create_lifecycle_publisher(WatchEvent, "~/events", 10)
+        self._view_pub = self.create_lifecycle_publisher(Image, "~/memory_view", 1)
+        # A refused goal is accepted and aborted at once with `error` saying why: a goal rejection
+        # carries no reason in ROS 2.
+        self._watch_server = ActionServer(
+            self, WatchAction, "~/watch", execute_callback=self._execute_watch,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT, cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=api)
         self._status_timers = [
+            self.create_timer(settings.status_period_s, self._publish_memory_view,
+                              callback_group=self._view_group, clock=self._steady),
             self.create_timer(settings.status_period_s, self._publish_memory_status,
                               callback_group=self._timer_group, clock=self._steady),
             self.create_timer(EXPIRE_PERIOD_S, self._expire_questions, callback_group=self._timer_group,
@@ -328,8 +353,10 @@ class LiveVLMNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._settings
+        self._watches = WatchBoard(settings.max_watches, self.get_logger())
         self._worker = InferenceWorker(self._streams, max_queued=settings.max_queued_questions,
-                                       logger=self.get_logger(), store=self._memory_store)
+                                       logger=self.get_logger(), store=self._memory_store,
+                                       watches=self._watches)
         self._worker.start()
         for rt in self._streams.values():
             self._image_subscriptions.append(self._subscribe(rt))
@@ -391,12 +418,14 @@ class LiveVLMNode(LifecycleNode):
             self.destroy_timer(timer)
         for service in self._api_services:
             self.destroy_service(service)
-        if self._action_server is not None:
-            self._action_server.destroy()
-        self._status_timers, self._api_services, self._action_server = [], [], None
-        if self._status_pub is not None:
-            self.destroy_lifecycle_publisher(self._status_pub)
-            self._status_pub = None
+        for server in (self._action_server, self._watch_server):
+            if server is not None:
+                server.destroy()
+        self._status_timers, self._api_services, self._action_server, self._watch_server = [], [], None, None
+        for pub in (self._status_pub, self._events_pub, self._view_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._status_pub = self._events_pub = self._view_pub = None
         if self._memory_store is not None:
             self._memory_store.close()
             self._memory_store = None
@@ -428,8 +457,10 @@ class LiveVLMNode(LifecycleNode):
             self.get_logger().debug(f"release: {exc!r}")
 
     # ================================================================== images
-    def _decode(self, msg_type, data: bytes):
-        return decode_image_msg(deserialize_message(data, msg_type), self._settings.max_pixels)
+    def _decode(self, rt: StreamRuntime, msg_type, data: bytes):
+        msg = deserialize_message(data, msg_type)
+        rt.frame_id = msg.header.frame_id  # for the evidence thumbnails' headers
+        return decode_image_msg(msg, self._settings.max_pixels)
 
     def _on_image(self, rt: StreamRuntime, msg_type, data: bytes) -> None:
         """Image callback (serialized message): sample by header stamp, then deserialize and decode
@@ -441,7 +472,7 @@ class LiveVLMNode(LifecycleNode):
             self.get_logger().warning(f"stream {rt.name} ({rt.topic}): unreadable message: {exc}",
                                       throttle_duration_sec=WARN_THROTTLE_S)
             return
-        offer = rt.offer(stamp, partial(self._decode, msg_type, data))
+        offer = rt.offer(stamp, partial(self._decode, rt, msg_type, data))
         if offer.verdict is Verdict.KEEP:
             if offer.new_epoch:
                 self.get_logger().info(f"stream {rt.name}: {offer.reason}")
@@ -486,7 +517,7 @@ class LiveVLMNode(LifecycleNode):
         if s is None:
             raise QuestionError("the node is not configured")
         return question_from_request(request, stream_names=s.stream_names, engine=s.engine,
-                                     default_timeout_s=s.ask_timeout_s)
+                                     default_timeout_s=s.ask_timeout_s, evidence=s.evidence_frames)
 
     @contextlib.contextmanager
     def _in_flight(self):
@@ -499,22 +530,31 @@ class LiveVLMNode(LifecycleNode):
             with self._requests_lock:
                 self._requests_in_flight -= 1
 
-    async def _answer(self, request, on_token=None, cancel_requested=lambda: False) -> Answer:
+    async def _answer(self, request, on_token=None, cancel_requested=lambda: False) -> tuple:
+        """``(Answer, evidence images)`` for an Ask request or goal."""
         try:
             question = self._question(request)
         except QuestionError as exc:
             self.get_logger().warning(f"question refused: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
-            return Answer(False, error=str(exc))
+            return Answer(False, error=str(exc)), []
         job = QuestionJob(question, on_token=on_token, cancel_requested=cancel_requested)
         error = self._submit(job)
         if error is not None:
-            return Answer(False, error=error)
-        return await self._completion(job)
+            return Answer(False, error=error), []
+        answer = await self._completion(job)
+        evidence = answer.result.evidence if answer.result is not None else []
+        return answer, self._evidence_images(request.return_evidence_images, question.stream, evidence)
+
+    def _evidence_images(self, wanted: bool, stream: str, evidence: Sequence) -> list:
+        rt = self._streams.get(stream)
+        if not wanted or rt is None or self._settings is None:
+            return []
+        return evidence_images(evidence, rt.thumbnails, rt.frame_id, self._settings.max_evidence_images)
 
     async def _on_ask(self, request, response):
         """``~/ask``: one-shot answer."""
         with self._in_flight():
-            return _fill_answer(response, await self._answer(request))
+            return _fill_answer(response, *await self._answer(request))
 
     async def _execute_ask(self, goal_handle):
         """``~/ask_streaming``: feedback per token; cancel stops generation (partial answer, success false)."""
@@ -524,14 +564,63 @@ class LiveVLMNode(LifecycleNode):
                 AskAction.Feedback(partial_answer=partial_answer, new_text=new_text, tokens_generated=tokens))
 
         with self._in_flight():
-            answer = await self._answer(goal_handle.request, on_token, lambda: goal_handle.is_cancel_requested)
+            answer, images = await self._answer(goal_handle.request, on_token, lambda: goal_handle.is_cancel_requested)
             if answer.cancelled and goal_handle.is_cancel_requested:
                 goal_handle.canceled()
             elif answer.success:
                 goal_handle.succeed()
             else:
                 goal_handle.abort()
-            return _fill_answer(AskAction.Result(), answer)
+            return _fill_answer(AskAction.Result(), answer, images)
+
+    # ================================================================== watches
+    async def _execute_watch(self, goal_handle):
+        """``~/watch``: evaluate a yes/no condition at clip boundaries; feedback per evaluation, events per
+        edge; succeeds on the first fire (or, ``continuous``, runs until cancelled). Bad goals abort at once."""
+        goal = goal_handle.request
+        s, board = self._settings, self._watches
+        try:
+            if s is None:
+                raise WatchError("the node is not configured")
+            spec = watch_from_goal(goal, stream_names=s.stream_names, engine=s.engine, evidence=s.evidence_frames)
+            if board is None or not self._active:
+                raise WatchError("the node is not active (lifecycle): configure and activate it first")
+            watch_id = bytes(goal_handle.goal_id.uuid).hex()
+
+            def on_feedback(f) -> None:
+                goal_handle.publish_feedback(WatchAction.Feedback(
+                    stamp=to_time(f.stamp), p_yes=float(f.p_yes), state=f.state, evaluations=f.evaluations))
+
+            job = WatchJob(watch_id, spec, on_feedback=on_feedback, on_edge=self._publish_edge,
+                           cancel_requested=lambda: goal_handle.is_cancel_requested)
+            board.add(job)
+        except (WatchError, WatchLimitError) as exc:
+            self.get_logger().warning(f"watch refused: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            goal_handle.abort()
+            return WatchAction.Result(error=str(exc))
+        self.get_logger().info(f"watch {watch_id[:8]} on stream {spec.stream}: {spec.condition!r}")
+        worker = self._worker
+        if worker is not None:
+            worker.notify()
+        outcome: WatchOutcome = await self._completion(job)
+        if outcome.cancelled and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif outcome.error:
+            goal_handle.abort()
+        else:
+            goal_handle.succeed()
+        return WatchAction.Result(
+            fired=outcome.fired, stamp=to_time(outcome.stamp), p_yes=float(outcome.p_yes),
+            evidence_stamps=evidence_stamps(outcome.evidence),
+            evidence_images=self._evidence_images(goal.return_evidence_images, spec.stream, outcome.evidence),
+            evaluations=outcome.evaluations, error=outcome.error)
+
+    def _publish_edge(self, job: WatchJob, edge: Edge) -> None:
+        """Worker thread: one ``~/events`` message per rising or falling edge."""
+        pub = self._events_pub
+        if pub is not None:
+            pub.publish(WatchEvent(watch_id=job.watch_id, condition=job.spec.condition, stream=job.spec.stream,
+                                   stamp=to_time(edge.stamp), state=edge.state, p_yes=float(edge.p_yes)))
 
     async def _on_reset(self, request, response):
         """``~/reset``: forget one stream's memory (or every stream's with an empty name)."""
@@ -549,9 +638,11 @@ class LiveVLMNode(LifecycleNode):
         return response
 
     def _expire_questions(self) -> None:
-        worker = self._worker
+        worker, board = self._worker, self._watches
         if worker is not None:
             worker.expire()
+        if board is not None:
+            board.expire()  # a cancelled watch ends at once, whatever the worker is doing
 
     # ================================================================== status
     def _frame_age(self, stamp: Optional[float]) -> float:
@@ -568,6 +659,8 @@ class LiveVLMNode(LifecycleNode):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.model = str(self._model.name)
         msg.model_is_random_weights = bool(getattr(self._model, "is_tiny", False))
+        msg.thumbnail_ring_bytes = int(self._settings.thumbnail_ring_bytes) if self._settings else 0
+        board = self._watches
         for rt in self._streams.values():
             st, c = rt.stats, rt.counts()
             status = StreamStatus(
@@ -575,10 +668,13 @@ class LiveVLMNode(LifecycleNode):
                 frames_received=c.received, frames_sampled=c.sampled, frames_ingested=c.ingested,
                 frames_dropped=c.dropped, frames_rejected=c.rejected,
                 memory_tokens=st.tokens if st else 0, budget_tokens=(st.budget or 0) if st else 0,
-                oldest_stamp=_to_time(st.oldest_time if st else None),
-                newest_stamp=_to_time(st.newest_time if st else None),
+                oldest_stamp=to_time(st.oldest_time if st else None),
+                newest_stamp=to_time(st.newest_time if st else None),
                 ingest_rate_hz=rt.rate.rate_hz(), newest_frame_age_s=self._frame_age(rt.newest_ingested_stamp),
-                queue_depth=c.queue_depth, coverage=[float(x) for x in st.coverage] if st else [0.0] * 10)
+                queue_depth=c.queue_depth, coverage=[float(x) for x in st.coverage] if st else [0.0] * 10,
+                active_watches=board.count(rt.name) if board is not None and self._active else 0,
+                thumbnails=len(rt.thumbnails) if rt.thumbnails is not None else 0,
+                thumbnail_bytes=rt.thumbnails.nbytes if rt.thumbnails is not None else 0)
             self._fill_persistence(status, rt.name)
             msg.streams.append(status)
         self._status_pub.publish(msg)
@@ -592,11 +688,25 @@ class LiveVLMNode(LifecycleNode):
         if report is not None:
             status.memory_restore = report.describe()
             status.restored_frames, status.restored_tokens = report.frames, report.tokens
-            status.restored_oldest_stamp = _to_time(report.oldest_s)
-            status.restored_newest_stamp = _to_time(report.newest_s)
+            status.restored_oldest_stamp = to_time(report.oldest_s)
+            status.restored_newest_stamp = to_time(report.newest_s)
         status.checkpoints_written = store.writes.get(name, 0)
         last = store.last_write.get(name)
-        status.last_checkpoint_stamp = _to_time(last.last_stamp_s if last else None)
+        status.last_checkpoint_stamp = to_time(last.last_stamp_s if last else None)
+
+    def _publish_memory_view(self) -> None:
+        """``~/memory_view``: rendered from the worker's snapshots in this timer's own thread (never the
+        model's), only while someone subscribes."""
+        pub, settings = self._view_pub, self._settings
+        if pub is None or settings is None or not settings.memory_view or not self._active \
+                or pub.get_subscription_count() == 0:
+            return
+        try:
+            rgb = memory_view_image(list(self._streams.values()))
+        except Exception as exc:  # a drawing failure must not stop the node
+            self.get_logger().error(f"memory view: {exc!r}", throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        pub.publish(rgb_image_msg(rgb, self.get_clock().now().to_msg()))
 
     def _publish_diagnostics(self) -> None:
         model = self._model
@@ -703,7 +813,7 @@ def main(args: Optional[List[str]] = None) -> int:
             print(f"[livevlm] invalid parameters: {exc}", file=sys.stderr)
             return 2
         streams = len(node.get_parameter("streams").value or [])
-        executor = MultiThreadedExecutor(num_threads=max(4, streams + 3))
+        executor = MultiThreadedExecutor(num_threads=max(5, streams + 4))
         executor.add_node(node)
         if node.get_parameter("autostart").value and not stop.event.is_set():
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:

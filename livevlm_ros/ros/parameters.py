@@ -14,6 +14,7 @@ Parameter names (node ``livevlm``)::
     sample_fps, stamp_jitter_tolerance_s, timestamp_jump_policy, max_pixels, frame_queue_depth
     ask_timeout_s, max_queued_questions, status_period_s, stale_frame_warn_s, drop_warn_ratio
     memory_dir, checkpoint_period_s                       persistent memory (read-only)
+    max_watches, evidence_frames, max_evidence_images, thumbnail_ring_bytes, memory_view
     qos.reliability, qos.depth                            image subscription QoS, all streams
     streams                                               names of the camera streams
     streams.<name>.topic / .transport / .qos.reliability / .qos.depth
@@ -169,6 +170,11 @@ class NodeSettings:
     drop_warn_ratio: float = 0.5
     memory_dir: str = ""
     checkpoint_period_s: float = 60.0
+    max_watches: int = 8
+    evidence_frames: int = 4
+    max_evidence_images: int = 4
+    thumbnail_ring_bytes: int = 2_000_000
+    memory_view: bool = True
     streams: Tuple[StreamSettings, ...] = ()
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -241,6 +247,21 @@ def base_parameter_specs() -> List[ParamSpec]:
         ParamSpec("checkpoint_period_s", _DOUBLE, d.checkpoint_period_s,
                   "Seconds of stream time (header stamps) between periodic memory checkpoints to memory_dir; "
                   "0: only on deactivate, shutdown and signals", minimum=0.0, maximum=86400.0),
+        ParamSpec("max_watches", _INTEGER, d.max_watches,
+                  "Watch goals (~/watch) running at once, all streams together; more are refused with a reason",
+                  minimum=0, maximum=256),
+        ParamSpec("evidence_frames", _INTEGER, d.evidence_frames,
+                  "Evidence frames reported with every answer and watch (evidence_stamps: the frames with the most "
+                  "attention mass of the first answer token); 0: none", minimum=0, maximum=64),
+        ParamSpec("max_evidence_images", _INTEGER, d.max_evidence_images,
+                  "Most JPEG thumbnails (sensor_msgs/CompressedImage) returned with return_evidence_images",
+                  minimum=0, maximum=64),
+        ParamSpec("thumbnail_ring_bytes", _INTEGER, d.thumbnail_ring_bytes,
+                  "Bytes of JPEG thumbnails kept per stream for evidence images and the memory view (frames "
+                  "still in memory only, oldest dropped first); 0: keep none", minimum=0, maximum=2**31 - 1),
+        ParamSpec("memory_view", _BOOL, d.memory_view,
+                  "Publish ~/memory_view (sensor_msgs/Image rgb8, every status_period_s while subscribed): "
+                  "a timeline of each stream's memory"),
         ParamSpec("qos.reliability", _STRING, QosSettings().reliability,
                   "Reliability of the image subscriptions (REP-2003: best_effort for sensor data; "
                   "best_available matches the publisher); a stream's own value overrides it",

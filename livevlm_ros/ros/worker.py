@@ -21,6 +21,11 @@ Concurrency contract (the node relies on it):
   writer thread writes them; a ``~/reset`` also deletes the stream's checkpoint.
 * :meth:`InferenceWorker.stop` finishes every question at once, queued or being answered (with an
   error), so no caller waits for the thread to reach its next token.
+* Watches (:mod:`livevlm_ros.ros.watch_board`) are evaluated by this thread too: after an
+  ingest round, at a clip boundary, only when no question waits, at most once per clip each.
+* After each clip and answer the worker stores a :meth:`LiveVLMStream.timeline` snapshot
+  (:attr:`StreamRuntime.timeline`) and trims the stream's thumbnail ring; the node's memory view
+  is drawn from that snapshot in a timer thread, never from the engine.
 
 Pure Python: the engine streams are injected (anything with ``ingest/ask/reset/stats``), so
 this module is tested with a fake engine and no ROS graph.
@@ -45,6 +50,7 @@ from livevlm_ros.engine.errors import (
 from livevlm_ros.engine.results import AskResult, MemoryStats
 from livevlm_ros.io.frame_sampler import FrameSampler, Verdict
 from livevlm_ros.io.image_codec import ImageDecodeError
+from livevlm_ros.io.thumbnails import Thumbnail, ThumbnailRing, encode_thumbnail
 
 from .latest_frame_slot import LatestFrameSlot
 from .parameters import StreamSettings
@@ -78,12 +84,14 @@ class FrameItem:
         stamp_s: header stamp (s).
         epoch: the sampler's timeline number (a new one means: reset the memory first).
         received_at: monotonic time (s) the callback got it (for in-node latency).
+        thumbnail: its JPEG thumbnail (encoded in the callback, off the worker), when the stream keeps them.
     """
 
     frame: np.ndarray
     stamp_s: float
     epoch: int
     received_at: float
+    thumbnail: Optional[bytes] = None
 
 
 @dataclass(frozen=True)
@@ -139,10 +147,14 @@ class StreamRuntime:
         sampler: the stream's :class:`FrameSampler`.
         queue_depth: depth of the latest-wins slot.
         clock: monotonic clock (s).
+        thumbnails: the stream's ring of evidence thumbnails (None: keep none).
+        track_memory: after each clip and answer, keep a :meth:`LiveVLMStream.timeline` snapshot in
+            :attr:`timeline` (for the memory view; the engine must have ``timeline()``).
     """
 
     def __init__(self, settings: StreamSettings, engine: Any, sampler: FrameSampler, queue_depth: int = 1,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, *, thumbnails: Optional[ThumbnailRing] = None,
+                 track_memory: bool = False) -> None:
         self.settings = settings
         self.name = settings.name
         self.topic = settings.topic  # the node replaces it with the resolved (remapped) name
@@ -161,6 +173,11 @@ class StreamRuntime:
         self.newest_ingested_stamp: Optional[float] = None
         self.stats: Optional[MemoryStats] = None
         self.rate = RateMeter(clock=clock)
+        self.thumbnails = thumbnails
+        self.track_memory = track_memory or thumbnails is not None
+        self.frame_id = ""  # header frame_id of the stream's images (set by the node's decoder)
+        self.timeline: Any = None  # the newest Timeline snapshot (replaced whole: safe to read from any thread)
+        self.last_evidence_times: List[float] = []
 
     @property
     def dropped(self) -> int:
@@ -194,6 +211,8 @@ class StreamRuntime:
             return Offer(Verdict.REJECT, decision.reason)
         try:
             frame = decode()  # the CPU work, outside the lock
+            thumbnail = None if self.thumbnails is None else encode_thumbnail(
+                frame, self.thumbnails.side, self.thumbnails.quality)
         except (ImageDecodeError, ValueError) as exc:
             with self.lock:
                 self.rejected_input += 1
@@ -205,7 +224,7 @@ class StreamRuntime:
                 return Offer(decision.verdict, decision.reason)
             self.sampler.commit(decision)
             self.sampled += 1
-            evicted = self.slot.put(FrameItem(frame, stamp_s, decision.epoch, self.clock()))
+            evicted = self.slot.put(FrameItem(frame, stamp_s, decision.epoch, self.clock(), thumbnail))
         return Offer(Verdict.KEEP, decision.reason, dropped=evicted is not None,
                      new_epoch=decision.starts_new_epoch)
 
@@ -249,6 +268,29 @@ class StreamRuntime:
 
     def refresh_stats(self) -> None:
         self.stats = self.engine.stats()
+
+    def next_frame_index(self) -> int:
+        """The engine's index of the next frame ingested (frames since its last reset); needs fresh stats."""
+        st = self.stats
+        return 0 if st is None else st.frames_ingested + st.frames_pending
+
+    def forget_memory(self) -> None:
+        """After the engine's memory was reset: fresh stats, no thumbnails, an empty timeline."""
+        if self.thumbnails is not None:
+            self.thumbnails.clear()
+        self.last_evidence_times = []
+        self.refresh_stats()
+        self.snapshot_memory()
+
+    def snapshot_memory(self) -> None:
+        """Worker thread, after a clip or an answer: keep the memory's timeline for the memory view and
+        forget the thumbnails of frames whose tokens are all gone (a CPU copy of the token stamps)."""
+        if not self.track_memory:
+            return
+        timeline = self.engine.timeline()
+        if self.thumbnails is not None:
+            self.thumbnails.retain_timeline(timeline.token_times, self.stats.frames_ingested if self.stats else 0)
+        self.timeline = timeline
 
 
 # ============================================================================ jobs
@@ -380,12 +422,17 @@ class InferenceWorker:
         clock: monotonic clock (s).
         idle_wait_s: longest sleep when there is nothing to do (s).
         store: where the memory is checkpointed (:class:`~livevlm_ros.ros.memory_store.MemoryStore`), or None.
+        watches: the standing conditions (a :class:`~livevlm_ros.ros.watch_board.WatchBoard`, or None):
+            after each ingest round with no question waiting, ``watches.run_pass(streams, stop)``
+            evaluates the due ones (questions first; watches are due at most once per clip, so they
+            never starve ingest); :meth:`stop` ends them.
     """
 
     WARN_THROTTLE_S = 5.0
 
     def __init__(self, streams: Mapping[str, StreamRuntime], *, max_queued: int, logger: Any,
-                 clock: Clock = time.monotonic, idle_wait_s: float = 0.5, store: Any = None) -> None:
+                 clock: Clock = time.monotonic, idle_wait_s: float = 0.5, store: Any = None,
+                 watches: Any = None) -> None:
         self.streams: Dict[str, StreamRuntime] = dict(streams)
         self.max_queued = int(max_queued)
         self._log = logger
@@ -400,6 +447,7 @@ class InferenceWorker:
         self._thread: Optional[threading.Thread] = None
         self._rr = 0
         self.busy_with: Optional[Job] = None
+        self.watches = watches
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -427,6 +475,8 @@ class InferenceWorker:
             pending.append(running)
         for job in pending:
             self._refuse(job, "the node is shutting down or deactivating")
+        if self.watches is not None:
+            self.watches.stop_all("the node is shutting down or deactivating")
         thread, self._thread = self._thread, None
         if thread is None:
             return True
@@ -464,6 +514,10 @@ class InferenceWorker:
             self._wake = True
             self._cond.notify()
 
+    def _question_waiting(self) -> bool:
+        """A question waits (watch passes stop for it), or the worker is stopping."""
+        return self._stopping or self.queued_questions() > 0
+
     def queued_questions(self) -> int:
         with self._cond:
             return sum(isinstance(j, QuestionJob) for j in self._jobs)
@@ -488,6 +542,7 @@ class InferenceWorker:
     def _run(self) -> None:
         for rt in self.streams.values():
             rt.refresh_stats()
+            rt.snapshot_memory()  # a memory kept from before (deactivate / a restored checkpoint) shows at once
         while True:
             with self._cond:
                 if self._stopping:
@@ -499,6 +554,8 @@ class InferenceWorker:
                     self._serve(job)
                     worked = True
                 worked = self._ingest_round() or worked
+                if self.watches is not None and not self.queued_questions():
+                    worked = self.watches.run_pass(self.streams, self._question_waiting) or worked
             except Exception as exc:  # never let the worker die silently
                 self._log.error(f"worker: unexpected error: {exc!r}")
                 worked = True
@@ -525,13 +582,20 @@ class InferenceWorker:
     def _ingest(self, rt: StreamRuntime, item: FrameItem) -> None:
         if item.epoch != rt.engine_epoch:
             rt.engine.reset()
+            rt.forget_memory()
             rt.engine_epoch = item.epoch
             self._log.info(f"stream {rt.name}: header stamps jumped back to {item.stamp_s:.3f} s: memory cleared "
                            "(timestamp_jump_policy reset)")
         ok = False
+        if rt.stats is None:
+            rt.refresh_stats()
+        index = rt.next_frame_index()
+        frames_before = rt.stats.frames_ingested if rt.stats is not None else 0
         try:
             rt.engine.ingest(item.frame, item.stamp_s)
             ok = True
+            if rt.thumbnails is not None and item.thumbnail is not None:
+                rt.thumbnails.put(Thumbnail(index, item.stamp_s, item.thumbnail))
         except (InvalidFrameError, TimestampError) as exc:
             self._log.warning(f"stream {rt.name}: frame stamped {item.stamp_s:.3f} s refused by the engine: {exc}",
                               throttle_duration_sec=self.WARN_THROTTLE_S)
@@ -540,6 +604,8 @@ class InferenceWorker:
         finally:
             rt.done(item, ok)
         rt.refresh_stats()
+        if rt.stats is not None and rt.stats.frames_ingested != frames_before:  # a clip was prefilled
+            rt.snapshot_memory()
         if ok and self.store is not None:
             try:
                 self.store.after_ingest(rt, item.stamp_s)
@@ -563,7 +629,7 @@ class InferenceWorker:
             rt = self.streams[name]
             rt.restart()
             rt.engine.reset()
-            rt.refresh_stats()
+            rt.forget_memory()
             if self.store is not None and not self.store.clear(name):
                 job.finish(f"stream {name}: memory cleared, but its checkpoint could not be deleted in time")
                 return
@@ -616,6 +682,8 @@ class InferenceWorker:
             return
         finally:
             rt.refresh_stats()
+        rt.last_evidence_times = [e.time for e in result.evidence]
+        rt.snapshot_memory()
         if result.stop_reason == "cancelled":
             if job.cancel_requested():
                 job.fail("cancelled", cancelled=True, result=result, queue_wait_s=wait)

@@ -5,6 +5,8 @@ Usage::
     livevlm_offline SOURCE [--topic T] [--fps F] [--model M] [--device D] [--dtype T]
                     [--memory {full,sliding,topk,vsb,rekv}] [--retrieval {none,par,par-pe}]
                     [--budget TOKENS] [--max-new-tokens N] [--ask "T:QUESTION" ...] [--json]
+                    [--watch "T0:CONDITION" ...] [--evidence N] [--evidence-dir DIR]
+                    [--memory-plot OUT.png] [--memory-plot-dir DIR]
                     [--save-memory PATH] [... every other EngineConfig field as --field-name ...]
     livevlm_offline --load-memory PATH [same model / engine options] --ask "T:QUESTION" ...
 
@@ -27,11 +29,24 @@ Frames are sampled at ``--fps`` by the node's sampler (one per 1/fps slot of str
 bag run here keeps the frames the node keeps when the bag is replayed into it. Frames whose
 time goes backwards are dropped, warned about and counted (``frames_out_of_order``).
 
+A watch ``--watch "T0:CONDITION"`` is a standing yes/no condition from ``T0`` on, evaluated like
+the node's ``~/watch`` at clip boundaries (:mod:`livevlm_ros.tools.offline_watch`); each rising
+and falling edge is printed as it happens. ``--evidence N`` (default 4) evidence frames come with
+every answer: the frames the first answer token put the most attention mass on
+(``evidence``: ``frame``, ``time``, ``mass``, and with ``--evidence-dir`` the path of the frame's
+JPEG ``thumbnail``). ``--memory-plot`` / ``--memory-plot-dir`` write the memory view
+(:mod:`livevlm_ros.tools.offline_evidence`).
+
 ``--json`` prints exactly one JSON object on stdout::
 
     {"answers": [{"time", "question", "asked_at", "after_end", "answer", "error", "ttft_s", "total_s",
                   "frames_seen", "span_start", "span_end", "memory_tokens", "context_tokens",
-                  "pages_retrieved", "pages_total", "new_tokens", "stop_reason"}, ...],
+                  "pages_retrieved", "pages_total", "new_tokens", "stop_reason",
+                  "evidence": [{"frame", "time", "mass", "thumbnail"}], "memory_plot"}, ...],
+     "watches": [{"start", "condition", "threshold", "consecutive", "period_s", "fired", "error",
+                  "evaluations": [{"time", "p_yes", "state"}],
+                  "edges": [{"time", "state", "p_yes", "evidence"}]}, ...],
+     "memory_plot": path or null,
      "memory": {MemoryStats fields: "tokens", "budget", "frames_ingested", "max_position_id",
                 "max_position_embeddings", "coverage" (10 shares of long-term memory per tenth of
                 the stream time, oldest first), ...},
@@ -74,6 +89,8 @@ from livevlm_ros.engine.config import field_descriptions
 from livevlm_ros.io.sources import FrameSource, SourceError, open_source
 
 from . import offline_memory
+from .offline_evidence import MemoryRecorder
+from .offline_watch import OfflineWatches, WatchError, format_edge, parse_timed, parse_watch
 
 DEFAULT_MODEL = "tiny-llava-onevision"
 DEFAULT_DEVICE = "cpu"
@@ -107,16 +124,7 @@ def parse_ask(text: str) -> Ask:
     Raises:
         argparse.ArgumentTypeError: bad syntax (argparse turns it into a usage error).
     """
-    head, sep, question = text.partition(":")
-    try:
-        time_s = float(head)
-    except ValueError:
-        time_s = math.nan
-    if not sep or not question.strip() or not math.isfinite(time_s) or time_s < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected 'T:QUESTION' with T >= 0 seconds since the first frame, got {text!r}"
-        )
-    return Ask(time_s, question.strip())
+    return Ask(*parse_timed(text, "T:QUESTION"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T:QUESTION",
         help="ask QUESTION once the stream reaches T seconds (repeatable)",
     )
+    parser.add_argument(
+        "--watch", dest="watches", action="append", type=parse_watch, default=[], metavar="T0:CONDITION",
+        help="watch the yes/no CONDITION from T0 seconds on; every change is reported (repeatable; a "
+        "random-weight model fires at random)")
+    parser.add_argument("--watch-threshold", type=float, default=0.5,
+                        help="p_yes that counts as true, in [0, 1] (default: %(default)s)")
+    parser.add_argument("--watch-consecutive", type=int, default=1,
+                        help="evaluations in a row needed to change state (default: %(default)s)")
+    parser.add_argument("--watch-period", type=_non_negative_float, default=0.0,
+                        help="stream seconds between evaluations; 0: after every clip (default: %(default)s)")
+    parser.add_argument("--evidence", type=int, default=4, metavar="N",
+                        help="evidence frames reported per answer and watch edge, 0-64 (default: %(default)s)")
+    parser.add_argument("--evidence-dir", metavar="DIR", help="write each answer's evidence thumbnails here (JPEG)")
+    parser.add_argument("--memory-plot", metavar="OUT.png", help="write the memory view at the end of the run")
+    parser.add_argument("--memory-plot-dir", metavar="DIR", help="write the memory view after each question")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     offline_memory.add_options(parser)
@@ -266,15 +289,16 @@ def _finite(value: Any) -> Any:
 _RESULT_FIELDS = [f.name for f in dataclasses.fields(AskResult)]
 
 
-def ask_one(stream: LiveVLMStream, ask: Ask, asked_at: Optional[float], after_end: bool = False) -> Dict[str, Any]:
+def ask_one(stream: LiveVLMStream, ask: Ask, asked_at: Optional[float], after_end: bool = False,
+            evidence: int = 0) -> Dict[str, Any]:
     """Ask one question; returns its answer entry (``"error"`` set on an engine error).
 
     ``asked_at``: stream time of the newest ingested frame when asked; ``after_end``: the stream
-    ended before ``ask.time``."""
+    ended before ``ask.time``; ``evidence``: evidence frames to report."""
     entry: Dict[str, Any] = {"time": ask.time, "question": ask.question, "asked_at": asked_at,
                              "after_end": after_end}
     try:
-        result = stream.ask(ask.question)
+        result = stream.ask(ask.question, evidence=evidence)
     except LiveVLMError as err:
         entry.update({name: None for name in _RESULT_FIELDS}, error=f"{type(err).__name__}: {err}")
         return entry
@@ -296,8 +320,12 @@ class OfflineRun:
         last_time: relative time of the newest ingested frame (``None`` before any).
     """
 
-    def __init__(self, stream, asks: Sequence[Ask], on_answer=lambda entry: None, warn=lambda message: None) -> None:
+    def __init__(self, stream, asks: Sequence[Ask], on_answer=lambda entry: None, warn=lambda message: None, *,
+                 evidence: int = 0, watches: Optional[OfflineWatches] = None,
+                 recorder: Optional[MemoryRecorder] = None) -> None:
         self.stream = stream
+        self.evidence, self.watches, self.recorder = evidence, watches, recorder
+        self.memory_plot: Optional[str] = None
         self.pending = sorted(asks, key=lambda a: a.time)  # stable: equal times keep their order
         self.on_answer, self.warn = on_answer, warn
         self.answers: List[Dict[str, Any]] = []
@@ -314,7 +342,9 @@ class OfflineRun:
     def ask_until(self, time_s: float, after_end: bool = False) -> None:
         """Ask every pending question stamped before ``time_s`` (relative seconds)."""
         while self.pending and self.pending[0].time < time_s:
-            entry = ask_one(self.stream, self.pending.pop(0), self.last_time, after_end)
+            entry = ask_one(self.stream, self.pending.pop(0), self.last_time, after_end, self.evidence)
+            if self.recorder is not None and not entry["error"]:
+                self.recorder.after_answer(self.stream, entry)
             self.answers.append(entry)
             self.on_answer(entry)
 
@@ -329,6 +359,13 @@ class OfflineRun:
             return
         self.frames_ingested += 1
         self.last_time = relative
+        self._after_frame(self.frames_ingested - 1, relative, rgb)
+
+    def _after_frame(self, index: int, relative: float, rgb) -> None:
+        if self.recorder is not None and rgb is not None:
+            self.recorder.after_frame(self.stream, index, relative, rgb)
+        if self.watches is not None:
+            self.watches.after_frame(self.stream, relative, self.warn)
 
     def skip(self, timestamp: float, error: Exception) -> None:
         """Count a dropped frame and warn about it."""
@@ -349,8 +386,14 @@ class OfflineRun:
 
     def finish(self) -> None:
         """Prefill the frames still buffered, then ask the questions left (after the end)."""
-        self.stream.flush()
+        if self.stream.flush() and self.last_time is not None:  # the last, partial clip
+            if self.recorder is not None and self.recorder.ring is not None:
+                self.recorder.ring.retain_timeline(self.stream.timeline().token_times, self.frames_ingested)
+            if self.watches is not None:
+                self.watches.after_frame(self.stream, self.last_time, self.warn)
         self.ask_until(math.inf, after_end=True)
+        if self.recorder is not None and self.frames_ingested:
+            self.memory_plot = self.recorder.finish(self.stream)
 
 
 def run_stream(
@@ -362,6 +405,9 @@ def run_stream(
     progress: bool = True,
     on_answer=lambda entry: None,
     warn=lambda message: None,
+    evidence: int = 0,
+    watches: Optional[OfflineWatches] = None,
+    recorder: Optional[MemoryRecorder] = None,
 ) -> OfflineRun:
     """Ingest ``source`` into ``stream`` (up to ``duration_s`` seconds after its first frame) and
     answer ``asks`` at their times; returns the finished :class:`OfflineRun`.
@@ -372,7 +418,7 @@ def run_stream(
     becomes unreadable (:class:`SourceError`), ``warn`` is told and the questions left are
     answered from the frames read so far.
     """
-    run = OfflineRun(stream, asks, on_answer, warn)
+    run = OfflineRun(stream, asks, on_answer, warn, evidence=evidence, watches=watches, recorder=recorder)
     # a memory restored by --load-memory: its newest frame and time offset
     run.last_time, run.time_offset_s = getattr(source, "last_time", None), getattr(source, "time_offset_s", None)
     total = source.expected_frames
@@ -444,6 +490,8 @@ def json_report(
     return _finite(
         {
             "answers": run.answers,
+            "watches": run.watches.reports if run.watches is not None else [],
+            "memory_plot": run.memory_plot,
             "memory": memory,
             "model": model.name,
             "random_weights": bool(model.is_tiny),
@@ -483,6 +531,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = config_from_args(args)
     except LiveVLMError as err:
         build_parser().error(str(err))
+    human = not args.json
+
+    def emit(text: str) -> None:  # human text on stdout; in --json mode stdout is the JSON only
+        tqdm.write(text, file=sys.stdout if human else sys.stderr)
+
+    if not 0 <= args.evidence <= 64:
+        build_parser().error(f"--evidence must be in [0, 64], got {args.evidence}")
+    try:
+        watches = OfflineWatches(args.watches, config, threshold=args.watch_threshold,
+                                 consecutive=args.watch_consecutive, period_s=args.watch_period,
+                                 evidence=args.evidence,
+                                 on_edge=(lambda report, edge: emit(format_edge(report, edge))) if human
+                                 else (lambda report, edge: None)) if args.watches else None
+    except WatchError as err:
+        build_parser().error(f"--watch: {err}")
+    try:
+        recorder = MemoryRecorder(evidence_dir=args.evidence_dir, plot_dir=args.memory_plot_dir,
+                                  plot_path=args.memory_plot)
+    except OSError as err:
+        return _error(f"cannot create an output folder: {err}")
     source = None
     if args.source:
         try:
@@ -493,11 +561,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = load_video_llm(args.model, device=args.device, dtype=args.dtype)
     except LiveVLMError as err:
         return _error(f"could not load model {args.model!r}: {err}")
-    human = not args.json
-
-    def emit(text: str) -> None:  # human text on stdout; in --json mode stdout is the JSON only
-        tqdm.write(text, file=sys.stdout if human else sys.stderr)
-
     if model.is_tiny:
         emit(random_weights_banner(model.name))
     try:
@@ -517,6 +580,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress=not args.no_progress,
         on_answer=(lambda entry: emit(format_answer(entry))) if human else (lambda entry: None),
         warn=lambda message: tqdm.write(f"livevlm_offline: warning: {message}", file=sys.stderr),
+        evidence=args.evidence,
+        watches=watches,
+        recorder=recorder if recorder.active else None,
     )
     if args.save_memory:
         try:
@@ -532,6 +598,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(json_report(args, config, model, source, run, memory)), flush=True)
         return status
     emit(format_memory(memory))
+    for report in run.watches.reports if run.watches is not None else []:
+        fired = "fired" if report["fired"] else "never fired"
+        emit(f"watch {report['condition']!r} from {report['start']:.2f} s: {len(report['evaluations'])} "
+             f"evaluation(s), {len(report['edges'])} edge(s), {fired}")
+    if run.memory_plot:
+        emit(f"memory plot: {run.memory_plot}")
     if run.frames_skipped:
         emit(f"{run.frames_skipped} frame(s) skipped (see warnings above)")
     if run.frames_out_of_order:
