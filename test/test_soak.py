@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_helpers import requires_ros
 
 from livevlm_ros.io.image_codec import ImageDecodeError, decode_compressed_image, decode_raw_image
 from livevlm_ros.soak.features import CHECKPOINT_PARAMETERS, checkpoint_parameters, watch_support
@@ -296,3 +297,35 @@ def test_console_script_is_installed_in_bin_and_in_the_ament_lib_layout():
     bad = subprocess.run([str(script), "--duration", "0", "--out", "/tmp/unused"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "invalid --duration" in bad.stderr
+
+
+# ------------------------------------------------------------------------------ end to end
+@requires_ros
+def test_short_soak_end_to_end(tmp_path):
+    """A 12-s soak against the real node process (~30 s): every question answered or errored, none
+    lost; every camera delivered; malformed frames refused and the stamp jump taken; files written."""
+    out = tmp_path / "soak"
+    proc = subprocess.run([sys.executable, "-m", "livevlm_ros.soak.cli", "--duration", "12", "--out", str(out),
+                           "--sample-period", "3", "--warmup", "3", "--malformed", "0.3"],
+                          capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    report = json.loads((out / "soak.json").read_text())
+    q = report["questions"]
+    assert q["sent"] == 12 and q["per_client"]["service"]["sent"] == q["per_client"]["action"]["sent"] == 6
+    assert q["answered"] + q["errored"] == 12 and q["lost"] == 0 and q["answered"] >= 6
+    assert report["crashes"] == 0 and report["shutdown"]["exit_status"] == 0
+    assert [s["t_s"] for s in report["samples"]] == [0, 3, 6, 9, 12]
+    assert all(s["rss_mb"] > 100 for s in report["samples"])
+    for name, cam in report["cameras"].items():
+        counters = cam["node_counters_at_end"]
+        assert cam["published"] == 360 and 60 < cam["malformed_published"] < 160, (name, cam)
+        assert counters["frames_received"] >= 0.9 * cam["published"], (name, cam)
+        assert counters["frames_rejected"] > 0 and counters["frames_ingested"] > 0, (name, cam)
+    log = (out / "logs" / "node.log").read_text()
+    assert "stream cam_raw: stamp went back" in log and "stream cam_jpeg: stamp went back" in log
+    assert report["frame_age_s"]["all"]["n"] > 0 and report["frame_age_s"]["all"]["p50"] < 5.0
+    assert report["watch"]["status"].startswith("watch:")
+    assert report["checkpoints"]["status"].startswith("checkpoints:")
+    assert (out / "soak.png").is_file() and (out / "rss.png").is_file()
+    assert "[soak] PASS" in proc.stdout

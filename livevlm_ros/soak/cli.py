@@ -88,23 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _node_command(args, config: str, memory_dir: str) -> tuple:
-    """The node's command line and the checkpoint :class:`~.features.Feature`."""
-    params: Dict[str, object] = {"streams": "[" + ",".join(n for n, _ in CAMERAS) + "]",
-                                 "ask_timeout_s": args.ask_timeout}
+def node_parameters(config: str, ask_timeout_s: float, checkpoints) -> Dict[str, object]:
+    """The node's parameters: ``config``'s, minus its stream entries, plus the soak's two cameras,
+    ``ask_timeout_s`` and the checkpoint parameters when available (a :class:`~.features.Feature`)."""
+    from livevlm_ros.ros.parameters import parameters_from_yaml
+
+    params = {k: v for k, v in parameters_from_yaml(config).items() if k != "streams" and not k.startswith("streams.")}
+    params["streams"] = [name for name, _ in CAMERAS]
     for name, transport in CAMERAS:
         params[f"streams.{name}.transport"] = transport
         params[f"streams.{name}.topic"] = f"{NAMESPACE}/{name}/image"
-    checkpoints = checkpoint_parameters(memory_dir, args.checkpoint_period)
+    params["ask_timeout_s"] = float(ask_timeout_s)
     if checkpoints.available:
         params.update(checkpoints.detail)
+    return params
+
+
+def _node_command(args, params_file: str) -> List[str]:
     cmd = [sys.executable, "-m", "livevlm_ros.ros.node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
-           "--params-file", config]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={value}"]
+           "--params-file", params_file]
     for override in args.param:
         cmd += ["-p", override]
-    return cmd + list(args.ros_args), checkpoints
+    return cmd + list(args.ros_args)
 
 
 def _dir_usage(path: str) -> Dict[str, int]:
@@ -129,8 +134,15 @@ class Soak:
         config = self.args.config or (str(Path(profile).parent / CONFIG_FILE) if profile else "")
         if not config or not os.path.isfile(config):
             raise FileNotFoundError(f"node parameter file {config or CONFIG_FILE!r} not found (use --config)")
-        cmd, self.checkpoints = _node_command(self.args, config, self.memory_dir)
-        self.node_config = {"config": config, "command": cmd[3:]}
+        import yaml
+
+        self.checkpoints = checkpoint_parameters(self.memory_dir, self.args.checkpoint_period)
+        params = node_parameters(config, self.args.ask_timeout, self.checkpoints)
+        params_file = os.path.join(self.logs, "node_params.yaml")
+        with open(params_file, "w", encoding="utf-8") as handle:
+            yaml.safe_dump({"/**": {"ros__parameters": params}}, handle, sort_keys=False)
+        cmd = _node_command(self.args, params_file)
+        self.node_config = {"config": config, "parameters": params, "overrides": cmd[cmd.index(params_file) + 1:]}
         self._node_log = open(os.path.join(self.logs, "node.log"), "wb")
         return subprocess.Popen(cmd, stdout=self._node_log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
@@ -190,13 +202,16 @@ class Soak:
             self._node_log.close()
         if self.crashes == 0 and rc != 0:
             self.crashes, self.crash_note = 1, f"unclean exit at shutdown (status {rc})"
-        _, ages = monitor.snapshot()
+        final_status, ages = monitor.snapshot()
+        counters = {s.name: stream_row(s, 0.0) for s in (final_status.streams if final_status else [])}
         report = build_report(
             config=self._config(plans), samples=self.samples, records=log.snapshot(), t0=t0, ages=ages,
             cameras={c.plan.name: {"transport": c.plan.transport, "published": c.published,
                                    "malformed_published": c.malformed_published,
                                    "jump_at_s": c.plan.jump_at_s, "jump_back_s": c.plan.jump_back_s,
-                                   "worst_publish_lateness_s": c.late_s_max} for c in cameras},
+                                   "worst_publish_lateness_s": c.late_s_max,
+                                   "node_counters_at_end": {k: v for k, v in counters.get(c.plan.name, {}).items()
+                                                            if k.startswith("frames_")}} for c in cameras},
             crashes=self.crashes, shutdown={"exit_status": rc, "note": self.crash_note,
                                             "pending_after_drain": drained, "load_s": elapsed},
             watch=watch.as_dict(elapsed),
@@ -275,7 +290,9 @@ class Soak:
                 "rate_hz": a.rate, "malformed_fraction": a.malformed, "jump_back_s": a.jump_back,
                 "ask_period_s": a.ask_period, "ask_timeout_s": a.ask_timeout, "seed": a.seed,
                 "cameras": {p.name: p.transport for p in plans}, "node": self.node_config,
-                "machine": {"cpus": os.cpu_count(), "load1_at_end": os.getloadavg()[0]}}
+                "machine": {"cpus": os.cpu_count(), "load1_at_end": os.getloadavg()[0],
+                            "load1_mean_of_samples": (sum(s["load1"] for s in self.samples) / len(self.samples)
+                                                      if self.samples else None)}}
 
     @staticmethod
     def _print(report: Dict) -> None:

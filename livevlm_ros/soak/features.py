@@ -39,8 +39,8 @@ def watch_support() -> Feature:
     """The Watch action type (``detail``) when ``livevlm_interfaces.action.Watch`` is importable."""
     try:
         from livevlm_interfaces.action import Watch
-    except ImportError as exc:
-        return Feature(False, f"livevlm_interfaces.action.Watch is not importable ({exc})")
+    except ImportError:
+        return Feature(False, "livevlm_interfaces.action.Watch is not importable")
     return Feature(True, f"continuous watch on ~/{WATCH_ACTION}", Watch)
 
 
