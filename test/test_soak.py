@@ -119,6 +119,11 @@ def test_rss_summary_leaves_out_warm_up_and_measures_slope_in_mb_per_minute():
     assert got["slope_se_mb_per_min"] == pytest.approx(0.0, abs=1e-9)
     assert got["growth_after_warmup_mb"] == pytest.approx(2.0 * 9)   # from t = 60 s to 600 s
     assert got["first_mb"] == 100 and got["peak_mb"] == pytest.approx(320.0)
+    assert got["second_half_from_s"] == 330.0 and got["second_half_slope_mb_per_min"] == pytest.approx(2.0)
+    step = [500.0] * 61
+    step[6:12] = [480.0] * 6                                  # a step after warm-up, then flat
+    stepped = rss_summary(t, step, warmup_s=60.0, target=1.0)
+    assert stepped["slope_mb_per_min"] > 0.5 and stepped["second_half_slope_mb_per_min"] == pytest.approx(0.0)
     gone = rss_summary([0, 10, 20], [100.0, None, None], warmup_s=5.0, target=1.0)
     assert gone["samples_after_warmup"] == 0 and gone["growth_after_warmup_mb"] is None
 

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, required=True, help="seconds of load (e.g. 60 in CI, 600)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--warmup", type=float, default=None,
-                   help="seconds left out of the figures (default: 20%% of --duration, 10..60 s)")
+                   help="seconds left out of the figures (default: 20%% of --duration, at least one sample period, "
+                        "at most 60 s)")
     p.add_argument("--sample-period", type=float, default=10.0, help="seconds between samples (default 10)")
     p.add_argument("--rate", type=float, default=30.0, help="frames per second per camera (default 30)")
     p.add_argument("--malformed", type=float, default=0.05, help="share of corrupt frames (default 0.05)")

@@ -180,18 +180,20 @@ class AskClients:
         else:
             raise ValueError(f"unknown client {q.client!r}, expected one of {self.CLIENTS}")
 
-    def _on_response(self, record: QuestionRecord, future) -> None:
+    def _failed(self, record: QuestionRecord, future, what: str) -> bool:
+        """Complete ``record`` as errored when ``future`` raised; True then."""
         exc = future.exception()
         if exc is not None:
-            self.log.done(record, False, f"call failed: {exc!r}")
-            return
-        r = future.result()
-        self.log.done(record, bool(r.success), r.error, float(r.total_latency_s))
+            self.log.done(record, False, f"{what} failed: {exc!r}")
+        return exc is not None
+
+    def _on_response(self, record: QuestionRecord, future) -> None:
+        if not self._failed(record, future, "call"):
+            r = future.result()
+            self.log.done(record, bool(r.success), r.error, float(r.total_latency_s))
 
     def _on_goal(self, record: QuestionRecord, future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self.log.done(record, False, f"goal failed: {exc!r}")
+        if self._failed(record, future, "goal"):
             return
         handle = future.result()
         if not handle.accepted:
@@ -200,12 +202,9 @@ class AskClients:
         handle.get_result_async().add_done_callback(lambda f: self._on_result(record, f))
 
     def _on_result(self, record: QuestionRecord, future) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self.log.done(record, False, f"result failed: {exc!r}")
-            return
-        r = future.result().result
-        self.log.done(record, bool(r.success), r.error, float(r.total_latency_s))
+        if not self._failed(record, future, "result"):
+            r = future.result().result
+            self.log.done(record, bool(r.success), r.error, float(r.total_latency_s))
 
 
 class WatchClient:

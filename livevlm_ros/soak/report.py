@@ -17,20 +17,31 @@ __all__ = ["rss_summary", "question_summary", "frame_age_summary", "build_report
 
 
 def rss_summary(t_s: Sequence[float], rss: Sequence[Optional[float]], warmup_s: float, target: float) -> Dict:
-    """RSS figures after warm-up: least-squares slope (MB/min) with its standard error, and growth
-    = max(RSS) - RSS at the first sample after warm-up (MB)."""
+    """RSS figures after warm-up: least-squares slope (MB/min) with its standard error (also over
+    the second half of those samples), and growth = max(RSS) - RSS at the first sample after
+    warm-up (MB)."""
     pairs = [(t, r) for t, r in zip(t_s, rss, strict=True) if r is not None]
     ts, rs = after_warmup([t for t, _ in pairs], [r for _, r in pairs], warmup_s)
-    out = {"first_mb": pairs[0][1] if pairs else None, "last_mb": pairs[-1][1] if pairs else None,
+    out: Dict = {"first_mb": pairs[0][1] if pairs else None, "last_mb": pairs[-1][1] if pairs else None,
            "peak_mb": max((r for _, r in pairs), default=None), "samples_after_warmup": len(rs),
            "slope_mb_per_min": None, "slope_se_mb_per_min": None, "growth_after_warmup_mb": None,
            "slope_target_mb_per_min": target}
     if rs:
         out["growth_after_warmup_mb"] = max(rs) - rs[0]
-    if len(rs) >= 2:
-        fit = linear_fit([t / 60.0 for t in ts], rs)
-        out["slope_mb_per_min"], out["slope_se_mb_per_min"] = fit.slope, (None if fit.n < 3 else fit.slope_se)
+    out["slope_mb_per_min"], out["slope_se_mb_per_min"] = _slope(ts, rs)
+    # A leak keeps its slope in the second half; a warm-up step that outlasts --warmup does not.
+    half = len(rs) // 2
+    out["second_half_from_s"] = ts[half] if rs else None
+    out["second_half_slope_mb_per_min"], out["second_half_slope_se_mb_per_min"] = _slope(ts[half:], rs[half:])
     return out
+
+
+def _slope(ts: Sequence[float], rs: Sequence[float]) -> tuple:
+    """``(slope, standard error)`` in MB/min of RSS samples (None where too few points)."""
+    if len(rs) < 2:
+        return None, None
+    fit = linear_fit([t / 60.0 for t in ts], rs)
+    return fit.slope, (None if fit.n < 3 else fit.slope_se)
 
 
 def _fit_of(rss: Dict) -> Optional[LinearFit]:
@@ -101,9 +112,20 @@ def build_report(*, config: Dict, samples: List[Dict], records: Sequence, t0: fl
 def write_report(out_dir: str, report: Dict) -> str:
     path = os.path.join(out_dir, "soak.json")
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
+        json.dump(_rounded(report), handle, indent=1)
         handle.write("\n")
     return path
+
+
+def _rounded(value, digits: int = 4):
+    """``value`` with every float rounded to ``digits`` decimals (a smaller JSON file)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def _shade_warmup(ax, warmup_s: float) -> None:
@@ -138,18 +160,13 @@ def plot(out_dir: str, report: Dict) -> List[str]:
     paths = []
     fig, axes = plt.subplots(3, 2, figsize=(11, 9), dpi=72)
     rss_panel(axes[0, 0])
-    ax = axes[0, 1]
-    _shade_warmup(ax, warmup)
-    for name in streams:
-        ax.plot(t, [s["streams"].get(name, {}).get("memory_tokens") for s in samples], ".-", label=name)
-    ax.set(title="memory tokens per stream", xlabel="s")
-    ax.legend(fontsize=8)
-    ax = axes[1, 0]
-    _shade_warmup(ax, warmup)
-    for name in streams:
-        ax.plot(t, [s["streams"].get(name, {}).get("newest_frame_age_s") for s in samples], ".-", label=name)
-    ax.set(title="newest-frame age (s)", xlabel="s")
-    ax.legend(fontsize=8)
+    for ax, key, title in ((axes[0, 1], "memory_tokens", "memory tokens per stream"),
+                           (axes[1, 0], "newest_frame_age_s", "newest-frame age (s)")):
+        _shade_warmup(ax, warmup)
+        for name in streams:
+            ax.plot(t, [s["streams"].get(name, {}).get(key) for s in samples], ".-", label=name)
+        ax.set(title=title, xlabel="s")
+        ax.legend(fontsize=8)
     ax = axes[1, 1]
     _shade_warmup(ax, warmup)
     timeline = report["question_timeline"]
