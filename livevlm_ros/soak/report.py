@@ -109,11 +109,22 @@ def build_report(*, config: Dict, samples: List[Dict], records: Sequence, t0: fl
     }
 
 
+#: Report entries with one row per sample / question: written one row per line.
+_ROWS = ("samples", "question_timeline")
+
+
 def write_report(out_dir: str, report: Dict) -> str:
+    """``out_dir/soak.json``: floats rounded, the per-sample and per-question rows one per line."""
+    report = _rounded(report)
+    head = json.dumps({k: v for k, v in report.items() if k not in _ROWS}, indent=1)
+    parts = [head[:-2]]  # without the closing "\n}"
+    for key in _ROWS:
+        if key in report:
+            rows = ",\n".join("  " + json.dumps(row, separators=(",", ":")) for row in report[key])
+            parts.append(f'"{key}": [\n{rows}\n ]')
     path = os.path.join(out_dir, "soak.json")
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(_rounded(report), handle, indent=1)
-        handle.write("\n")
+        handle.write(",\n ".join(parts) + "\n}\n")
     return path
 
 
