@@ -288,6 +288,12 @@ def test_report_json_and_plots_are_written(tmp_path):
     pngs = plot(str(tmp_path), report)
     assert [Path(p).name for p in pngs] == ["soak.png", "rss.png"]
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size < 300_000 for p in pngs)
+    for p in pngs:
+        os.remove(p)
+    from livevlm_ros.soak.cli import main
+
+    assert main(["--replot", str(tmp_path)]) == 0 and all(os.path.isfile(p) for p in pngs)
+    assert main(["--replot", str(tmp_path / "missing")]) == 2
 
 
 def test_console_script_is_installed_in_bin_and_in_the_ament_lib_layout():

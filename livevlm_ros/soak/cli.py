@@ -5,6 +5,7 @@ Usage::
     livevlm_soak --duration SECONDS --out DIR [--warmup S] [--sample-period S] [--seed N]
                  [--max-rss-growth-mb 50] [--max-lost-questions 0] [--max-crashes 0]
                  [--param NAME:=VALUE ...]
+    livevlm_soak --replot DIR      # draw DIR's PNGs again from DIR/soak.json
 
 1. starts the node as its own process (``python -m livevlm_ros.ros.node``, node
    ``/livevlm_soak/livevlm``) with config/livevlm_tiny_cpu.yaml and two streams: ``cam_raw``
@@ -61,8 +62,9 @@ def default_warmup(duration_s: float, sample_period_s: float) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livevlm_soak", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, required=True, help="seconds of load (e.g. 60 in CI, 600)")
-    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--duration", type=float, help="seconds of load (e.g. 60 in CI, 600); required")
+    p.add_argument("--out", help="output directory (created); required")
+    p.add_argument("--replot", metavar="DIR", help="only draw DIR's PNGs again from its soak.json")
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds left out of the figures (default: 20%% of --duration, at least one sample period, "
                         "at most 60 s)")
@@ -324,11 +326,29 @@ class Soak:
         return Thresholds(a.max_rss_growth_mb, a.max_lost_questions, a.max_crashes, a.rss_slope_target)
 
 
+def _replot(out_dir: str) -> int:
+    import json
+
+    try:
+        with open(os.path.join(out_dir, "soak.json"), encoding="utf-8") as handle:
+            report = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"livevlm_soak: cannot read {out_dir}/soak.json: {exc}", file=sys.stderr)
+        return 2
+    for path in plot(out_dir, report):
+        print(path)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     own, ros_args = split_ros_args(tool_argv(argv))
     parser = build_parser()
     args = parser.parse_args(own)
     args.ros_args = ros_args[1:] if ros_args[:1] == ["--ros-args"] else ros_args
+    if args.replot:
+        return _replot(args.replot)
+    if args.duration is None or args.out is None:
+        parser.error("--duration and --out are required (or --replot DIR)")
     problems = [name for name, ok in (("--duration", args.duration > 0), ("--sample-period", args.sample_period > 0),
                                       ("--rate", args.rate > 0), ("--ask-period", args.ask_period > 0),
                                       ("--malformed", 0 <= args.malformed < 1)) if not ok]

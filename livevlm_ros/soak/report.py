@@ -175,8 +175,11 @@ def plot(out_dir: str, report: Dict) -> List[str]:
                            (axes[1, 0], "newest_frame_age_s", "newest-frame age (s)")):
         _shade_warmup(ax, warmup)
         for name in streams:
-            ax.plot(t, [s["streams"].get(name, {}).get(key) for s in samples], ".-", label=name)
-        ax.set(title=title, xlabel="s")
+            line, = ax.plot(t, [s["streams"].get(name, {}).get(key) for s in samples], ".-", label=name)
+            jump = report.get("cameras", {}).get(name, {}).get("jump_at_s")
+            if jump is not None:
+                ax.axvline(jump, color=line.get_color(), ls=":", lw=1)
+        ax.set(title=title + "; dotted: stamp jump", xlabel="s")
         ax.legend(fontsize=8)
     ax = axes[1, 1]
     _shade_warmup(ax, warmup)
