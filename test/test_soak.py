@@ -323,10 +323,13 @@ def test_short_soak_end_to_end(tmp_path):
     assert proc.returncode == 0, text[-4000:]
     report = json.loads((out / "soak.json").read_text())
     q = report["questions"]
-    assert q["sent"] == 12 and q["per_client"]["service"]["sent"] == q["per_client"]["action"]["sent"] == 6
+    skipped = report["contention"]["questions_skipped_client_late"]   # 0 unless this machine stalls > 2 s
+    assert q["sent"] + skipped == 12 and q["sent"] >= 8
     assert q["answered"] + q["errored"] == 12 and q["lost"] == 0 and q["answered"] >= 6
     assert report["crashes"] == 0 and report["shutdown"]["exit_status"] == 0
-    assert [s["t_s"] for s in report["samples"]] == [0, 3, 6, 9, 12]
+    times = [s["t_s"] for s in report["samples"]]
+    assert len(times) == 5 and all(k * 3.0 <= t < k * 3.0 + 1.0 for k, t in enumerate(times)), times
+    assert report["contention"]["cpus"] == os.cpu_count() and report["contention"]["client_loop_max_gap_s"] >= 0
     assert all(s["rss_mb"] > 100 for s in report["samples"])
     for name, cam in report["cameras"].items():
         counters = cam["node_counters_at_end"]

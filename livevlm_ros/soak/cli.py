@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds the header stamps jump back, once per camera (default 5)")
     p.add_argument("--ask-period", type=float, default=2.0, help="seconds between questions per client (default 2)")
     p.add_argument("--ask-timeout", type=float, default=20.0, help="timeout_s of each question (default 20)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds past --ask-timeout to wait for the last responses before counting a "
+                        "question lost (default 30)")
     p.add_argument("--checkpoint-period", type=float, default=60.0,
                    help="checkpoint_period_s when the node has checkpoints (default 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of the malformed frames and questions (default 0)")
@@ -131,6 +134,8 @@ class Soak:
         self.samples: List[Dict] = []
         self.crashes = 0
         self.crash_note = ""
+        self.skipped_questions = 0  # scheduled while this process was stalled more than --ask-period
+        self.max_loop_gap_s = 0.0   # longest gap between two turns of the load loop (s): contention
 
     def _start_node(self) -> subprocess.Popen:
         profile = _fastdds_profile()
@@ -193,7 +198,7 @@ class Soak:
             stop.set()
             for cam in cameras:
                 cam.join(5.0)
-            drained = self._drain(log, args.ask_timeout + 10.0)
+            drained = self._drain(log, args.ask_timeout + args.grace)
             watch.stop(5.0)
             elapsed = time.monotonic() - t0
         finally:
@@ -217,6 +222,9 @@ class Soak:
                                                             if k.startswith("frames_")}} for c in cameras},
             crashes=self.crashes, shutdown={"exit_status": rc, "note": self.crash_note,
                                             "pending_after_drain": drained, "load_s": elapsed},
+            contention={"client_loop_max_gap_s": self.max_loop_gap_s,
+                        "publish_lateness_max_s": max(c.late_s_max for c in cameras),
+                        "questions_skipped_client_late": self.skipped_questions},
             watch=watch.as_dict(elapsed),
             checkpoints={"status": self.checkpoints.describe("checkpoints"),
                          **(_dir_usage(self.memory_dir) if self.checkpoints.available else {})},
@@ -243,7 +251,7 @@ class Soak:
 
     def _load_loop(self, proc, t0, questions, clients, cameras, monitor, log, watch) -> None:
         """Ask on schedule and sample every period until the end or a node death."""
-        next_q, k = 0, 0
+        next_q, k, last = 0, 0, 0.0
         period = self.args.sample_period
         while True:
             now = time.monotonic() - t0
@@ -251,12 +259,18 @@ class Soak:
                 self.crashes, self.crash_note = 1, f"node exited during the run at {now:.1f} s (status {proc.returncode})"
                 print(f"[soak] CRASH: {self.crash_note}", flush=True)
                 return
+            self.max_loop_gap_s = max(self.max_loop_gap_s, now - last)
+            last = now
             while next_q < len(questions) and questions[next_q].t_s <= now:
-                clients.ask(questions[next_q])
+                q = questions[next_q]
                 next_q += 1
+                if now - q.t_s > self.args.ask_period:
+                    self.skipped_questions += 1  # this process was stalled: a timer fires once, not in a burst
+                else:
+                    clients.ask(q)
             if k * period <= now and k * period <= self.args.duration:
-                self._sample(k * period, proc.pid, cameras, monitor, log, watch)
-                k += 1
+                self._sample(round(now, 2), proc.pid, cameras, monitor, log, watch)
+                k = max(k + 1, int(now // period) + 1)  # slots missed while stalled are not caught up
             if now >= self.args.duration and k * period > self.args.duration:
                 return
             time.sleep(0.02)
@@ -281,8 +295,10 @@ class Soak:
               f"load {row['load1']:.1f}", flush=True)
 
     @staticmethod
-    def _drain(log, grace_s: float) -> int:
-        deadline = time.monotonic() + grace_s
+    def _drain(log, wait_s: float) -> int:
+        """Wait until every question has a response, at most ``wait_s`` after the last one sent."""
+        records = log.snapshot()
+        deadline = max([time.monotonic()] + [r.sent_at for r in records]) + wait_s
         while log.pending() and time.monotonic() < deadline:
             time.sleep(0.1)
         return log.pending()
@@ -292,10 +308,7 @@ class Soak:
         return {"duration_s": a.duration, "warmup_s": self.warmup, "sample_period_s": a.sample_period,
                 "rate_hz": a.rate, "malformed_fraction": a.malformed, "jump_back_s": a.jump_back,
                 "ask_period_s": a.ask_period, "ask_timeout_s": a.ask_timeout, "seed": a.seed,
-                "cameras": {p.name: p.transport for p in plans}, "node": self.node_config,
-                "machine": {"cpus": os.cpu_count(), "load1_at_end": os.getloadavg()[0],
-                            "load1_mean_of_samples": (sum(s["load1"] for s in self.samples) / len(self.samples)
-                                                      if self.samples else None)}}
+                "cameras": {p.name: p.transport for p in plans}, "node": self.node_config}
 
     @staticmethod
     def _print(report: Dict) -> None:
@@ -312,6 +325,10 @@ class Soak:
         print(f"[soak] questions sent {q['sent']}, answered {q['answered']}, errored {q['errored']}, lost "
               f"{q['lost']}; crashes {report['crashes']}; {report['watch']['status']}; "
               f"{report['checkpoints']['status']}", flush=True)
+        c = report["contention"]
+        print(f"[soak] machine: {c.get('cpus')} CPUs, load average mean {f(c.get('load1_mean'), 1)}, max "
+              f"{f(c.get('load1_max'), 1)}; this process stalled up to {f(c['client_loop_max_gap_s'])} s "
+              f"({c['questions_skipped_client_late']} questions skipped meanwhile)", flush=True)
         v = report["verdict"]
         print("[soak] PASS" if v["passed"] else "[soak] FAIL: " + "; ".join(v["failures"]), flush=True)
 

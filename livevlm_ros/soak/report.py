@@ -80,7 +80,7 @@ def frame_age_summary(ages: Sequence[tuple], warmup_s: float) -> Dict:
 
 def build_report(*, config: Dict, samples: List[Dict], records: Sequence, t0: float, ages: Sequence[tuple],
                  cameras: Dict, crashes: int, shutdown: Dict, watch: Dict, checkpoints: Dict,
-                 thresholds: Thresholds) -> Dict:
+                 thresholds: Thresholds, contention: Optional[Dict] = None) -> Dict:
     """The whole report (a JSON-able dict); ``verdict.passed`` decides the exit status."""
     warmup = config["warmup_s"]
     rss = rss_summary([s["t_s"] for s in samples], [s["rss_mb"] for s in samples], warmup,
@@ -96,6 +96,7 @@ def build_report(*, config: Dict, samples: List[Dict], records: Sequence, t0: fl
         "verdict": {"passed": v.passed, "failures": v.failures, "rss_slope_target_met": v.slope_target_met},
         "crashes": crashes,
         "shutdown": shutdown,
+        "contention": {**(contention or {}), **_load_summary(samples)},
         "rss": rss,
         "device_memory": ({"peak_mb": max(device), "last_mb": device[-1]} if device else "N/A"),
         "frame_age_s": frame_age_summary(ages, warmup),
@@ -111,6 +112,12 @@ def build_report(*, config: Dict, samples: List[Dict], records: Sequence, t0: fl
 
 #: Report entries with one row per sample / question: written one row per line.
 _ROWS = ("samples", "question_timeline")
+
+
+def _load_summary(samples: Sequence[Dict]) -> Dict:
+    """1-min load average of the machine over the samples (the CPUs are shared)."""
+    loads = [s["load1"] for s in samples if s.get("load1") is not None]
+    return {"load1_mean": sum(loads) / len(loads), "load1_max": max(loads), "cpus": os.cpu_count()} if loads else {}
 
 
 def write_report(out_dir: str, report: Dict) -> str:
