@@ -17,7 +17,14 @@ from ros_helpers import requires_ros
 
 from livevlm_ros.io.image_codec import ImageDecodeError, decode_compressed_image, decode_raw_image
 from livevlm_ros.soak.features import CHECKPOINT_PARAMETERS, checkpoint_parameters, watch_support
-from livevlm_ros.soak.load import MALFORMED_KINDS, CameraPlan, FrameBank, QuestionPlan, malformed_payload
+from livevlm_ros.soak.load import (
+    MALFORMED_KINDS,
+    CameraPlan,
+    FrameBank,
+    QuestionPlan,
+    due_questions,
+    malformed_payload,
+)
 from livevlm_ros.soak.players import QuestionLog
 from livevlm_ros.soak.report import build_report, plot, question_summary, rss_summary, write_report
 from livevlm_ros.soak.sampler import rss_mb
@@ -229,6 +236,18 @@ def test_question_plan_every_period_per_client_random_streams_and_last_seconds()
     assert {q.stream for q in qs} == {"a", "b"}
     with pytest.raises(ValueError):
         QuestionPlan((), ("a",))
+
+
+def test_due_questions_sends_on_time_and_skips_what_a_stall_made_overdue():
+    qs = QuestionPlan(("service", "action"), ("a",), period_s=2.0, seed=1).questions(20.0)   # at 0, 1, 2, ... 19
+    send, skipped, k = due_questions(qs, 0, 0.05, max_late_s=2.0)
+    assert [q.t_s for q in send] == [0.0] and skipped == 0 and k == 1
+    send, skipped, k = due_questions(qs, k, 0.5, max_late_s=2.0)
+    assert send == [] and skipped == 0 and k == 1                     # nothing due yet
+    send, skipped, k = due_questions(qs, k, 12.5, max_late_s=2.0)     # stalled from 0.5 s to 12.5 s
+    assert [q.t_s for q in send] == [11.0, 12.0] and skipped == 10 and k == 13
+    send, skipped, k = due_questions(qs, k, 100.0, max_late_s=2.0)
+    assert send == [] and skipped == 7 and k == len(qs) == 20          # every question counted once
 
 
 # ------------------------------------------------------------------------------ switches, sampler

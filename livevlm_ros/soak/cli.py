@@ -41,7 +41,7 @@ from livevlm_ros.tools.demo import _fastdds_profile
 from livevlm_ros.tools.ros_cli import init_rclpy, split_ros_args, stop_process, tool_argv
 
 from .features import checkpoint_parameters, watch_support
-from .load import CameraPlan, QuestionPlan
+from .load import CameraPlan, QuestionPlan, due_questions
 from .report import build_report, plot, write_report
 from .sampler import StatusMonitor, device_memory_mb, rss_mb, stream_row
 from .stats import Thresholds
@@ -261,13 +261,10 @@ class Soak:
                 return
             self.max_loop_gap_s = max(self.max_loop_gap_s, now - last)
             last = now
-            while next_q < len(questions) and questions[next_q].t_s <= now:
-                q = questions[next_q]
-                next_q += 1
-                if now - q.t_s > self.args.ask_period:
-                    self.skipped_questions += 1  # this process was stalled: a timer fires once, not in a burst
-                else:
-                    clients.ask(q)
+            send, skipped, next_q = due_questions(questions, next_q, now, self.args.ask_period)
+            self.skipped_questions += skipped
+            for q in send:
+                clients.ask(q)
             if k * period <= now and k * period <= self.args.duration:
                 self._sample(round(now, 2), proc.pid, cameras, monitor, log, watch)
                 k = max(k + 1, int(now // period) + 1)  # slots missed while stalled are not caught up

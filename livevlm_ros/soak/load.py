@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 __all__ = ["MALFORMED_KINDS", "FrameSpec", "CameraPlan", "FrameBank", "Payload", "malformed_payload",
-           "QuestionSpec", "QuestionPlan", "QUESTIONS"]
+           "QuestionSpec", "QuestionPlan", "QUESTIONS", "due_questions"]
 
 #: Kinds of corrupt frames, per transport. raw: data shorter than step * height, an encoding the
 #: node does not know, a 0x0 image; compressed: truncated JPEG, random bytes, an unknown format.
@@ -220,3 +220,21 @@ class QuestionPlan:
                 stream = self.streams[int(rng.integers(len(self.streams)))]
                 out.append(QuestionSpec(t, client, stream, QUESTIONS[int(rng.integers(len(QUESTIONS)))], last))
         return sorted(out, key=lambda q: q.t_s)
+
+
+def due_questions(questions: List[QuestionSpec], start: int, now_s: float,
+                  max_late_s: float) -> Tuple[List[QuestionSpec], int, int]:
+    """The questions of a time-ordered plan due by ``now_s``, from index ``start``.
+
+    Returns ``(to send, skipped, next index)``: a question more than ``max_late_s`` overdue (the
+    asking process was stalled) is skipped, as a periodic timer fires once after a stall, not
+    once per missed period.
+    """
+    send, skipped, k = [], 0, start
+    while k < len(questions) and questions[k].t_s <= now_s:
+        if now_s - questions[k].t_s > max_late_s:
+            skipped += 1
+        else:
+            send.append(questions[k])
+        k += 1
+    return send, skipped, k

@@ -215,6 +215,7 @@ class WatchClient:
         self.feedbacks = 0
         self.status = support.describe("watch")
         self.result: Optional[str] = None
+        self.result_fields: Dict[str, object] = {}
         self._handle = None
         self._client = None
         if support.available:
@@ -259,8 +260,12 @@ class WatchClient:
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.result = "received" if future.done() else "none"
+        if future.done():
+            r = future.result().result
+            # what the Watch result reports, where it has these fields (evaluations made, why it stopped)
+            self.result_fields = {k: getattr(r, k) for k in ("evaluations", "fired", "error") if hasattr(r, k)}
 
     def as_dict(self, duration_s: float) -> Dict[str, object]:
         return {"status": self.status, "feedback_messages": self.feedbacks,
                 "feedback_hz": self.feedbacks / duration_s if duration_s > 0 else None,
-                "result_after_cancel": self.result}
+                "result_after_cancel": self.result, "result_fields": self.result_fields}
