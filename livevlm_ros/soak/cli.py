@@ -256,7 +256,8 @@ class Soak:
         while True:
             now = time.monotonic() - t0
             if proc.poll() is not None:
-                self.crashes, self.crash_note = 1, f"node exited during the run at {now:.1f} s (status {proc.returncode})"
+                self.crashes = 1
+                self.crash_note = f"node exited during the run at {now:.1f} s (status {proc.returncode})"
                 print(f"[soak] CRASH: {self.crash_note}", flush=True)
                 return
             self.max_loop_gap_s = max(self.max_loop_gap_s, now - last)

@@ -62,7 +62,8 @@ class CameraPlayer:
         msg = self._msg_type()
         msg.header.stamp, msg.header.frame_id = _time_msg(stamp_s), self.plan.name
         if self.plan.transport == "raw":
-            msg.height, msg.width, msg.encoding, msg.step = payload.height, payload.width, payload.encoding, payload.step
+            msg.height, msg.width = payload.height, payload.width
+            msg.encoding, msg.step = payload.encoding, payload.step
         else:
             msg.format = payload.format
         msg.data = payload.data
