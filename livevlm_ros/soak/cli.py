@@ -118,9 +118,23 @@ def _node_command(args, params_file: str) -> List[str]:
     return cmd + list(args.ros_args)
 
 
-def _dir_usage(path: str) -> Dict[str, int]:
+def _dir_usage(path: str) -> Dict[str, object]:
+    """Files, bytes and newest modification time (epoch s, None when empty) under ``path``."""
     files = [p for p in Path(path).rglob("*") if p.is_file()] if os.path.isdir(path) else []
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "newest_mtime": max((p.stat().st_mtime for p in files), default=None)}
+
+
+def _checkpoint_summary(feature, memory_dir: str, samples: List[Dict]) -> Dict[str, object]:
+    """The checkpoint entry of the report: status, the directory at the end, and how many sample
+    rows saw a newer file than the row before (a lower bound on the checkpoints written)."""
+    out: Dict[str, object] = {"status": feature.describe("checkpoints")}
+    if feature.available:
+        mtimes = [s["checkpoint_dir"]["newest_mtime"] for s in samples]
+        out.update(_dir_usage(memory_dir))
+        out["rows_with_a_new_checkpoint"] = sum(b is not None and (a is None or b > a)
+                                               for a, b in zip([None] + mtimes[:-1], mtimes))
+    return out
 
 
 class Soak:
@@ -226,8 +240,7 @@ class Soak:
                         "publish_lateness_max_s": max(c.late_s_max for c in cameras),
                         "questions_skipped_client_late": self.skipped_questions},
             watch=watch.as_dict(elapsed),
-            checkpoints={"status": self.checkpoints.describe("checkpoints"),
-                         **(_dir_usage(self.memory_dir) if self.checkpoints.available else {})},
+            checkpoints=_checkpoint_summary(self.checkpoints, self.memory_dir, self.samples),
             thresholds=self.thresholds)
         write_report(self.out, report)
         try:
