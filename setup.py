@@ -52,6 +52,7 @@ setup(
             'livevlm_demo = livevlm_ros.tools.demo:main',
             'livevlm_offline = livevlm_ros.tools.offline:main',
             'livevlm_bench = livevlm_ros.bench.cli:main',
+            'livevlm_soak = livevlm_ros.soak.cli:main',
         ],
     },
 )
