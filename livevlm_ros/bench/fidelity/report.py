@@ -63,7 +63,7 @@ def summarize(result: dict) -> dict:
     questions, retention = result["questions"], result["retention"]
     out = {"chance": 1.0 / OPTIONS_PER_QUESTION, "lengths": {}}
     for (length,), rows in sorted(_by(questions, "length").items()):
-        arms = _by(rows, "arm")
+        arms = {arm: mine for (arm,), mine in _by(rows, "arm").items()}
         table = {}
         for arm, arm_rows in arms.items():
             entry = {"memory": arm_rows[0]["memory"], "retrieval": arm_rows[0]["retrieval"],
