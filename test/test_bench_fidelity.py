@@ -125,11 +125,13 @@ def test_harness_asks_every_question_of_every_arm(tiny_study):
                      "vsb+par", "vsb+par-fix", "vsb/frames"]
     assert seen == {(s, a, k) for s in (0, 1) for a in expected_arms for k in range(3)}
     for q in result["questions"]:
-        assert q["correct"] in (0, 1) and q["greedy_correct"] in (0, 1) and np.isfinite(q["margin"])
+        assert q["correct"] in (0, 1) and np.isfinite(q["margin"])
+        greedy = q["memory"] in ("full", "vsb") or q["retrieval"] != "none"
+        assert (q["greedy_correct"] in (0, 1)) == greedy and ("answer" in q) == greedy
         if q["retrieval"] == "none":
-            assert q["recall"] == pytest.approx(1.0) or np.isnan(q["recall"])  # all of memory is read
+            assert not greedy or q["recall"] == pytest.approx(1.0) or np.isnan(q["recall"])  # all of memory read
         else:
-            assert len(q["page_hit"]) == len(q["recall_per_layer"])
+            assert len(q["page_hit"]) == len(q["recall_per_layer"]) == 2  # one per layer (tiny-smolvlm: 2)
     size = result["sizes"]["5x"]
     assert size["budget_tokens"] == round(0.2 * size["stream_tokens"])
 

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-models", nargs="+", choices=("smollm2", "qwen2"), default=["smollm2"],
                    help="language models of the fidelity study (qwen2 needs --fidelity-qwen-gguf)")
     p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
+    p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
+                   help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
+    p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
                         "(the dense-mask path against the engine's; CPU, fp32 and bf16)")
@@ -273,11 +276,19 @@ def run(args, argv=None) -> None:
 
         demo.main(sys.stdout)
         return
+    if args.fidelity_merge:
+        from .fidelity import study
+
+        study.merge(args.fidelity_merge, args.out)
+        print(f"livevlm_bench: merged {len(args.fidelity_merge)} fidelity shards into {args.out}", file=sys.stderr)
+        return
     if args.fidelity:
         from .fidelity import study
 
+        index, _, count = args.fidelity_shard.partition("/")
         study.run(args.out, quick=args.quick, seeds=args.fidelity_seeds, model_names=args.fidelity_models,
-                  qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command)
+                  qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command,
+                  shard=(int(index), int(count or 1)))
         print(f"livevlm_bench: wrote {args.out}/fidelity.json, fidelity.md and plots", file=sys.stderr)
         return
     started = time.perf_counter()

@@ -17,12 +17,14 @@ from livevlm_ros.engine import EngineConfig
 @dataclass(frozen=True)
 class MemoryArm:
     """A named set of ingest-time :class:`EngineConfig` changes; ``retrievals``: the retrieval arms asked on
-    it (``None``: all of the study's)."""
+    it (``None``: all of the study's); ``greedy``: also decode free greedy answers without retrieval (PaR
+    arms always decode one: their page diagnosis reads the answer's context)."""
 
     name: str
     changes: dict = field(default_factory=dict)
     note: str = ""
     retrievals: Optional[tuple] = None
+    greedy: bool = False
 
     def config(self, base: EngineConfig) -> EngineConfig:
         return base.replace(retrieval="none", **self.changes)
@@ -37,14 +39,16 @@ class RetrievalArm:
     note: str = ""
 
 
-#: The policies the issue asks to compare, reference VSB (stream buckets, the engine default) included.
+#: The policies the issue asks to compare (each with the retrieval arms asked on it; None: all), reference VSB (stream buckets, the engine default) included.
 CORE_MEMORY = (
-    MemoryArm("full", {"memory": "full"}, "every token (vanilla video LLM)"),
-    MemoryArm("random", {"memory": "random"}, "uniform random keeping: the null baseline"),
-    MemoryArm("sliding", {"memory": "sliding"}, "prefix + newest tokens (StreamingLLM)"),
-    MemoryArm("topk", {"memory": "topk"}, "VSB's score, plain top-M"),
-    MemoryArm("vsb-memory", {"memory": "vsb", "vsb_buckets": "memory"}, "VSB, buckets over the memory index"),
-    MemoryArm("vsb", {"memory": "vsb", "vsb_buckets": "stream"}, "VSB, buckets over stream positions (default)"),
+    MemoryArm("full", {"memory": "full"}, "every token (vanilla video LLM)", ("none", "par", "par-fix"), True),
+    MemoryArm("random", {"memory": "random"}, "uniform random keeping: the null baseline", ("none", "par")),
+    MemoryArm("sliding", {"memory": "sliding"}, "prefix + newest tokens (StreamingLLM)", ("none", "par")),
+    MemoryArm("topk", {"memory": "topk"}, "VSB's score, plain top-M", ("none", "par")),
+    MemoryArm("vsb-memory", {"memory": "vsb", "vsb_buckets": "memory"}, "VSB, buckets over the memory index",
+              ("none", "par", "par-fix")),
+    MemoryArm("vsb", {"memory": "vsb", "vsb_buckets": "stream"}, "VSB, buckets over stream positions (default)",
+              None, True),
 )
 #: Importance-score options beyond the paper (item 7), each on VSB with stream buckets.
 #: Asked without retrieval only: they change what memory keeps, which ``none`` reads in full.
@@ -64,6 +68,8 @@ RETRIEVAL_ARMS = (
                  "the paper's PaR: pooled question query . page mean key, top 40% of pages"),
     RetrievalArm("par-fix", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 0},
                  "PaR scoring pages by their best token (pooled question query . pre-RoPE key)"),
+    RetrievalArm("par-fix-floor", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 48},
+                 "par-fix, retrieving at least 48 long-term tokens (3 pages)"),
 )
 
 

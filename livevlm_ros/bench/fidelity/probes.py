@@ -108,21 +108,23 @@ def option_token_ids(model, question: Question) -> list:
     return [model.tokenize(" " + option.lower())[0] for option in question.options]
 
 
-def score_question(stream: LiveVLMStream, question: Question) -> dict:
+def score_question(stream: LiveVLMStream, question: Question, greedy: bool = True) -> dict:
     """One question on one memory: ``correct`` (best option is gold), ``margin`` (gold log-likelihood minus
-    the best other option's, nats), ``greedy_correct`` (first colour word of the free greedy answer),
-    ``answer``, and ``recall`` (per layer, see :func:`context_recall`).
+    the best other option's, nats), and with ``greedy``: ``greedy_correct`` (first colour word of the free
+    greedy answer), ``answer`` and ``recall`` (per layer, see :func:`context_recall`).
 
     The greedy answer runs first: the engine keeps the context of answers (not of option scoring), and
     both read the same context (retrieval depends on the question only).
     """
-    answer = stream.ask(question.text, max_new_tokens=GREEDY_TOKENS).answer
-    recall = context_recall(stream, question)
+    out = {}
+    if greedy:
+        answer = stream.ask(question.text, max_new_tokens=GREEDY_TOKENS).answer
+        out = {"answer": answer, "greedy_correct": int(predicted_colour(answer) == question.event.colour),
+               "recall": context_recall(stream, question)}
     logprobs = option_scores(stream, question)
     gold = logprobs[question.gold]
     best_other = max(lp for i, lp in enumerate(logprobs) if i != question.gold)
-    return {"correct": int(gold > best_other), "margin": gold - best_other, "recall": recall, "answer": answer,
-            "greedy_correct": int(predicted_colour(answer) == question.event.colour)}
+    return {"correct": int(gold > best_other), "margin": gold - best_other, **out}
 
 
 def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) -> dict:

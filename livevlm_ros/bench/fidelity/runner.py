@@ -38,12 +38,13 @@ class StudySettings:
     """
 
     seeds: Sequence[int] = tuple(range(40))
-    lengths: Sequence[StreamLength] = (StreamLength("5x", 48, 0.2), StreamLength("12x", 120, 0.08))
+    lengths: Sequence[StreamLength] = (StreamLength("5x", 48, 0.2), StreamLength("10x", 96, 0.1))
     event_frames: int = 4
     memory_arms: Sequence[MemoryArm] = MEMORY_ARMS
     retrieval_arms: Sequence[RetrievalArm] = RETRIEVAL_ARMS
-    #: Memory arms run on the longer streams (None: all); the score-option arms are cheap to skip there.
-    long_memory_arms: Optional[Sequence[str]] = None
+    #: On the longer streams (every length after the first): memory arm -> the retrieval arms asked on it
+    #: (None: the same arms as the first length).
+    long_plan: Optional[dict] = None
     clip_share: float = 0.5
     short_term_frames: int = 2
     page_size: int = 16
@@ -52,7 +53,7 @@ class StudySettings:
         return {"seeds": list(self.seeds), "lengths": [vars(x) for x in self.lengths],
                 "event_frames": self.event_frames, "memory_arms": [a.name for a in self.memory_arms],
                 "retrieval_arms": {a.name: a.changes for a in self.retrieval_arms},
-                "long_memory_arms": None if self.long_memory_arms is None else list(self.long_memory_arms),
+                "long_plan": self.long_plan,
                 "clip_share": self.clip_share, "short_term_frames": self.short_term_frames,
                 "page_size": self.page_size}
 
@@ -68,14 +69,22 @@ def engine_sizes(model, length: StreamLength, settings: StudySettings, seed: int
     return {"stream_tokens": tokens, "budget_tokens": budget, "clip_frames": clip, "tokens_per_frame": per_frame}
 
 
-def _arms_for(length: StreamLength, settings: StudySettings, index: int) -> list:
-    if index == 0 or settings.long_memory_arms is None:
-        return list(settings.memory_arms)
-    return [a for a in settings.memory_arms if a.name in settings.long_memory_arms]
+def plan(settings: StudySettings, index: int) -> list:
+    """``[(memory arm, [retrieval arms])]`` asked on streams of ``settings.lengths[index]``."""
+    pairs = []
+    for memory_arm in settings.memory_arms:
+        names = memory_arm.retrievals
+        if index > 0 and settings.long_plan is not None:
+            if memory_arm.name not in settings.long_plan:
+                continue
+            names = settings.long_plan[memory_arm.name]
+        chosen = [r for r in settings.retrieval_arms if names is None or r.name in names]
+        pairs.append((memory_arm, chosen))
+    return pairs
 
 
 def total_ingests(settings: StudySettings) -> int:
-    return len(settings.seeds) * sum(len(_arms_for(x, settings, i)) for i, x in enumerate(settings.lengths))
+    return len(settings.seeds) * sum(len(plan(settings, i)) for i in range(len(settings.lengths)))
 
 
 def run_study(model, settings: StudySettings, on_progress: Optional[Callable[[int], None]] = None,
@@ -93,7 +102,7 @@ def run_study(model, settings: StudySettings, on_progress: Optional[Callable[[in
                                 max_new_tokens=probes.GREEDY_TOKENS, seed=seed)
             stream_def = make_stream(seed, length.frames, settings.event_frames)
             counts = probes.frame_token_counts(model, stream_def)
-            for memory_arm in _arms_for(length, settings, index):
+            for memory_arm, retrieval_arms in plan(settings, index):
                 stream = probes.ingest(model, memory_arm.config(base), stream_def)
                 kept = probes.retention(stream, stream_def, counts)
                 for event, per_layer in zip(stream_def.events, kept.per_layer):
@@ -102,19 +111,19 @@ def run_study(model, settings: StudySettings, on_progress: Optional[Callable[[in
                 retention.append({"length": length.name, "seed": seed, "memory": memory_arm.name,
                                   "position": "ages", "ages": kept.ages})
                 stream.record_retrieval = True
-                for retrieval_arm in settings.retrieval_arms:
-                    if memory_arm.retrievals is not None and retrieval_arm.name not in memory_arm.retrievals:
-                        continue
+                for retrieval_arm in retrieval_arms:
                     stream.set_question_settings(**retrieval_arm.changes)
+                    retrieves = retrieval_arm.changes.get("retrieval", "none") != "none"
                     for q_index, question in enumerate(stream_def.questions):
-                        row = probes.score_question(stream, question)
-                        diagnosis = probes.page_diagnosis(stream, question, settings.page_size)
-                        recall = row.pop("recall")
+                        row = probes.score_question(stream, question, greedy=memory_arm.greedy or retrieves)
+                        diagnosis = probes.page_diagnosis(stream, question, settings.page_size) if retrieves else {}
+                        recall = row.pop("recall", [])
                         questions.append({
                             "length": length.name, "seed": seed, "question": q_index,
                             "position": question.event.position, "memory": memory_arm.name,
                             "retrieval": retrieval_arm.name, "arm": arm_name(memory_arm.name, retrieval_arm.name),
-                            **row, "recall": _finite_mean(recall), "recall_per_layer": recall,
+                            "greedy_correct": None, **row, "recall": _finite_mean(recall),
+                            "recall_per_layer": recall,
                             **{f"page_{k}": v for k, v in diagnosis.items()},
                         })
                 if on_progress is not None:

@@ -20,8 +20,9 @@ from .streams import EVENT_CAPTIONS, OPTIONS_PER_QUESTION, make_stream
 
 FULL = runner.StudySettings(
     seeds=tuple(range(40)),
-    lengths=(runner.StreamLength("5x", 48, 0.2), runner.StreamLength("12x", 120, 0.08)),
-    long_memory_arms=tuple(a.name for a in arms.CORE_MEMORY),
+    lengths=(runner.StreamLength("5x", 48, 0.2), runner.StreamLength("10x", 96, 0.1)),
+    long_plan={"full": ("none",), "random": ("none",), "sliding": ("none",), "topk": ("none",),
+               "vsb-memory": ("none", "par"), "vsb": ("none", "par", "par-fix", "par-fix-floor")},
 )
 QUICK = runner.StudySettings(
     seeds=tuple(range(2)),
@@ -46,12 +47,21 @@ def describe(settings: runner.StudySettings, model_name: str, weights: str) -> s
 
 
 def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_names=(models.SMOLLM2,),
-        qwen_gguf: str = "", progress: bool = True, command: str = "") -> dict:
-    """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``."""
+        qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1)) -> dict:
+    """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``.
+
+    Args:
+        shard: ``(i, k)``: only the streams whose seed is ``i`` modulo ``k`` (run ``k`` processes, then
+            :func:`merge` their output directories).
+    """
     os.makedirs(out_dir, exist_ok=True)
     settings = QUICK if quick else FULL
     if seeds:
         settings = replace(settings, seeds=tuple(range(seeds)))
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
+    settings = replace(settings, seeds=tuple(s for s in settings.seeds if s % count == index))
     results = {}
     table = coverage.coverage_table()
     for name in model_names:
@@ -73,6 +83,32 @@ def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_na
         results[name] = write(out_dir, prefix, result, meta)
         del model
     return results
+
+
+def merge(directories, out_dir: str) -> list:
+    """Merge the shards' records (same settings, disjoint seeds) into one study in ``out_dir``; returns the
+    prefixes merged."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    prefixes = sorted({name[:-len("_records.json")] for d in directories for name in os.listdir(d)
+                       if name.endswith("_records.json")})
+    for prefix in prefixes:
+        merged, meta = {"questions": [], "retention": [], "sizes": {}, "wall_s": 0.0}, None
+        for directory in directories:
+            path = os.path.join(directory, f"{prefix}_records.json")
+            if not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                part = json.load(handle)
+            with open(os.path.join(directory, f"{prefix}.json"), encoding="utf-8") as handle:
+                meta = meta or json.load(handle)["meta"]
+            merged["questions"] += part["questions"]
+            merged["retention"] += part["retention"]
+            merged["sizes"].update(part["sizes"])
+            merged["wall_s"] = max(merged["wall_s"], part.get("wall_s") or 0.0)
+        write(out_dir, prefix, merged, meta)
+    return prefixes
 
 
 def write(out_dir: str, prefix: str, result: dict, meta: dict) -> dict:
