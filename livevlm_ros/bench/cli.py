@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
     p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
                    help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
+    p.add_argument("--fidelity-preset", choices=("full", "core"), default="full",
+                   help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only")
+    p.add_argument("--fidelity-seed-start", type=int, default=0, help="seed of the first stream (default 0)")
     p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
@@ -288,7 +291,8 @@ def run(args, argv=None) -> None:
         index, _, count = args.fidelity_shard.partition("/")
         study.run(args.out, quick=args.quick, seeds=args.fidelity_seeds, model_names=args.fidelity_models,
                   qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command,
-                  shard=(int(index), int(count or 1)))
+                  shard=(int(index), int(count or 1)), preset=args.fidelity_preset,
+                  seed_start=args.fidelity_seed_start)
         print(f"livevlm_bench: wrote {args.out}/fidelity.json, fidelity.md and plots", file=sys.stderr)
         return
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from .streams import make_stream
 
 DEMO_SEED = 3
 DEMO_LENGTH = runner.StreamLength("5x", 48, 0.2)
+ANSWER_TOKENS = 12
 
 
 def main(out: TextIO = sys.stdout, seed: int = DEMO_SEED) -> None:
@@ -26,7 +27,7 @@ def main(out: TextIO = sys.stdout, seed: int = DEMO_SEED) -> None:
     stream_def = make_stream(seed, DEMO_LENGTH.frames)
     size = runner.engine_sizes(model, DEMO_LENGTH, runner.StudySettings())
     base = EngineConfig(budget_tokens=size["budget_tokens"], clip_frames=size["clip_frames"],
-                        max_new_tokens=probes.GREEDY_TOKENS)
+                        max_new_tokens=ANSWER_TOKENS)
     print("TEXT CAPTIONS standing in for video frames (NOT images); real SmolLM2-135M-Instruct weights.", file=out)
     owner = stream_def.event_of_frame()
     for index, (caption, t) in enumerate(zip(stream_def.captions, stream_def.times)):
@@ -41,11 +42,13 @@ def main(out: TextIO = sys.stdout, seed: int = DEMO_SEED) -> None:
           + " ".join(f"{c:.2f}" for c in stats.coverage), file=out)
     counts = probes.frame_token_counts(model, stream_def)
     kept = probes.retention(small, stream_def, counts)
+    label = f"{base.memory}+{base.retrieval}"
     for question, share in zip(stream_def.questions, kept.per_layer):
-        truth = question.event.colour
-        full_answer = full.ask(question.text).answer
-        small_answer = small.ask(question.text).answer
         print(f"\nQ ({question.event.position} event, frames {question.event.first}-{question.event.last}): "
-              f"{question.text}\n  ground truth : {truth}\n  full KV      : {full_answer!r}"
-              f"\n  {base.memory}+{base.retrieval:<7}: {small_answer!r}   (event tokens in memory: "
-              f"{100 * sum(share) / len(share):.0f}% mean over layers)", file=out)
+              f"{question.text}\n  {'ground truth':<13}: {question.event.colour}", file=out)
+        for name, stream in (("full KV", full), (label, small)):
+            scores = probes.option_scores(stream, question)
+            pick = question.options[max(range(len(scores)), key=scores.__getitem__)]
+            print(f"  {name:<13}: {stream.ask(question.text).answer!r:<32} option picked: {pick}", file=out)
+        print(f"  event tokens still in compressed memory: {100 * sum(share) / len(share):.0f}% (mean over layers)",
+              file=out)

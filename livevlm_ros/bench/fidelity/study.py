@@ -24,6 +24,16 @@ FULL = runner.StudySettings(
     long_plan={"full": ("none",), "random": ("none",), "sliding": ("none",), "topk": ("none",),
                "vsb-memory": ("none", "par"), "vsb": ("none", "par", "par-fix", "par-fix-floor")},
 )
+#: The core comparison only (5x streams, the issue's six policies, PaR where it is compared): what a
+#: contended CPU finishes first; its records merge with FULL's (same arms, same names).
+CORE = runner.StudySettings(
+    seeds=tuple(range(40)),
+    lengths=(runner.StreamLength("5x", 48, 0.2),),
+    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par", "par-fix"), "vsb-memory": ("none", "par"),
+                                             "vsb": ("none", "par", "par-fix")}.get(a.name, ("none",)))
+                      for a in arms.CORE_MEMORY),
+)
+PRESETS = {"full": FULL, "core": CORE}
 QUICK = runner.StudySettings(
     seeds=tuple(range(2)),
     lengths=(runner.StreamLength("5x", 48, 0.2),),
@@ -47,17 +57,19 @@ def describe(settings: runner.StudySettings, model_name: str, weights: str) -> s
 
 
 def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_names=(models.SMOLLM2,),
-        qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1)) -> dict:
+        qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1),
+        preset: str = "full", seed_start: int = 0) -> dict:
     """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``.
 
     Args:
         shard: ``(i, k)``: only the streams whose seed is ``i`` modulo ``k`` (run ``k`` processes, then
             :func:`merge` their output directories).
+        preset: a key of :data:`PRESETS` (ignored with ``quick``); seed_start: the first stream's seed.
     """
     os.makedirs(out_dir, exist_ok=True)
-    settings = QUICK if quick else FULL
-    if seeds:
-        settings = replace(settings, seeds=tuple(range(seeds)))
+    settings = QUICK if quick else PRESETS[preset]
+    if seeds or seed_start:
+        settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
