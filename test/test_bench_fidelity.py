@@ -121,8 +121,8 @@ def test_harness_asks_every_question_of_every_arm(tiny_study):
     settings, result, progress = tiny_study
     assert len(progress) == runner.total_ingests(settings) == 2 * 4
     seen = {(q["seed"], q["arm"], q["question"]) for q in result["questions"]}
-    expected_arms = ["full", "full+par", "full+par-fix", "sliding", "sliding+par", "sliding+par-fix", "vsb",
-                     "vsb+par", "vsb+par-fix", "vsb/frames"]
+    expected_arms = ["full", "full+par", "full+par-fix", "sliding", "sliding+par", "vsb", "vsb+par", "vsb+par-fix",
+                     "vsb+par-fix-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
     assert seen == {(s, a, k) for s in (0, 1) for a in expected_arms for k in range(3)}
     for q in result["questions"]:
         assert q["correct"] in (0, 1) and np.isfinite(q["margin"])
