@@ -121,8 +121,8 @@ def test_harness_asks_every_question_of_every_arm(tiny_study):
     settings, result, progress = tiny_study
     assert len(progress) == runner.total_ingests(settings) == 2 * 4
     seen = {(q["seed"], q["arm"], q["question"]) for q in result["questions"]}
-    expected_arms = ["full", "full+par", "full+par-fix", "sliding", "sliding+par", "vsb", "vsb+par", "vsb+par-fix",
-                     "vsb+par-fix-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
+    expected_arms = ["full", "full+par", "full+par-max", "sliding", "sliding+par", "vsb", "vsb+par", "vsb+par-max",
+                     "vsb+par-max-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
     assert seen == {(s, a, k) for s in (0, 1) for a in expected_arms for k in range(3)}
     for q in result["questions"]:
         assert q["correct"] in (0, 1) and np.isfinite(q["margin"])
@@ -161,9 +161,9 @@ def test_report_tables_targets_and_plots(tiny_study, tmp_path):
     assert block["arms"]["vsb+par"]["vs_vsb"]["n"] == 6 and block["arms"]["vsb+par"]["pages"]["pages"] > 0
     assert full["vs_sliding"]["n"] == 6
     targets = report.targets(summary)
-    assert {t["arm"] for t in targets} == {"vsb+par", "vsb+par-fix"}
+    assert {t["arm"] for t in targets} == {"vsb+par", "vsb+par-max-floor"}
     text = report.markdown(summary, {"description": "tiny"}, report.ORDER)
-    assert "| vsb+par-fix |" in text and "PaR page diagnosis" in text
+    assert "| vsb+par-max |" in text and "PaR page diagnosis" in text
     paths = report.plot(summary, str(tmp_path))
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in paths)
     json.dumps(summary)  # serialisable

@@ -41,12 +41,12 @@ class RetrievalArm:
 
 #: The policies the issue asks to compare (each with the retrieval arms asked on it; None: all), reference VSB (stream buckets, the engine default) included.
 CORE_MEMORY = (
-    MemoryArm("full", {"memory": "full"}, "every token (vanilla video LLM)", ("none", "par", "par-fix"), True),
+    MemoryArm("full", {"memory": "full"}, "every token (vanilla video LLM)", ("none", "par", "par-max"), True),
     MemoryArm("random", {"memory": "random"}, "uniform random keeping: the null baseline", ("none", "par")),
     MemoryArm("sliding", {"memory": "sliding"}, "prefix + newest tokens (StreamingLLM)", ("none", "par")),
     MemoryArm("topk", {"memory": "topk"}, "VSB's score, plain top-M", ("none", "par")),
     MemoryArm("vsb-memory", {"memory": "vsb", "vsb_buckets": "memory"}, "VSB, buckets over the memory index",
-              ("none", "par", "par-fix")),
+              ("none", "par", "par-max")),
     MemoryArm("vsb", {"memory": "vsb", "vsb_buckets": "stream"}, "VSB, buckets over stream positions (default)",
               None, True),
 )
@@ -61,15 +61,16 @@ SCORE_MEMORY = tuple(MemoryArm(name, {"memory": "vsb", **changes}, note, ("none"
 ))
 MEMORY_ARMS = CORE_MEMORY + SCORE_MEMORY
 
-#: ``par``: the paper's PaR (page means, ratio 0.4). ``par-fix``: this study's repair (see docs/BENCHMARKS.md).
+#: ``par``: the paper's PaR (page means, ratio 0.4). ``par-max``: pages scored by their best token (the
+#: candidate repair of "page means dilute one relevant token"); ``par-max-floor``: and at least 3 pages.
 RETRIEVAL_ARMS = (
     RetrievalArm("none", {"retrieval": "none"}, "attend to all of memory"),
     RetrievalArm("par", {"retrieval": "par", "page_score": "mean", "retrieval_min_tokens": 0},
                  "the paper's PaR: pooled question query . page mean key, top 40% of pages"),
-    RetrievalArm("par-fix", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 0},
+    RetrievalArm("par-max", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 0},
                  "PaR scoring pages by their best token (pooled question query . pre-RoPE key)"),
-    RetrievalArm("par-fix-floor", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 48},
-                 "par-fix, retrieving at least 48 long-term tokens (3 pages)"),
+    RetrievalArm("par-max-floor", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 48},
+                 "par-max, retrieving at least 48 long-term tokens (3 pages)"),
 )
 
 

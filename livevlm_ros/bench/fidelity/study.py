@@ -22,15 +22,15 @@ FULL = runner.StudySettings(
     seeds=tuple(range(40)),
     lengths=(runner.StreamLength("5x", 48, 0.2), runner.StreamLength("10x", 96, 0.1)),
     long_plan={"full": ("none",), "random": ("none",), "sliding": ("none",), "topk": ("none",),
-               "vsb-memory": ("none", "par"), "vsb": ("none", "par", "par-fix", "par-fix-floor")},
+               "vsb-memory": ("none", "par"), "vsb": ("none", "par", "par-max", "par-max-floor")},
 )
 #: The core comparison only (5x streams, the issue's six policies, PaR where it is compared): what a
 #: contended CPU finishes first; its records merge with FULL's (same arms, same names).
 CORE = runner.StudySettings(
     seeds=tuple(range(40)),
     lengths=(runner.StreamLength("5x", 48, 0.2),),
-    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par", "par-fix"), "vsb-memory": ("none", "par"),
-                                             "vsb": ("none", "par", "par-fix")}.get(a.name, ("none",)))
+    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par", "par-max"), "vsb-memory": ("none", "par"),
+                                             "vsb": ("none", "par", "par-max")}.get(a.name, ("none",)))
                       for a in arms.CORE_MEMORY),
 )
 PRESETS = {"full": FULL, "core": CORE}
