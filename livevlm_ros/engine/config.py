@@ -39,6 +39,9 @@ SCORE_WINDOWS = ("frame", "clip")
 SCORE_HEADS = ("mean", "max")
 #: Unit of eviction: single tokens, or whole frames (caption phrases in a text proxy).
 KEEP_UNITS = ("token", "frame")
+#: How PaR scores a page: ``mean``: the pooled question query . the page's mean key (the paper);
+#: ``max``: the page's best token, max over its tokens of the pooled query . key.
+PAGE_SCORES = ("mean", "max")
 
 #: The allowed values of every choice field of :class:`EngineConfig` (one table for the engine,
 #: the command-line options and the ROS parameter descriptors).
@@ -49,6 +52,7 @@ FIELD_CHOICES = {
     "score_window": SCORE_WINDOWS,
     "score_heads": SCORE_HEADS,
     "keep_unit": KEEP_UNITS,
+    "page_score": PAGE_SCORES,
 }
 
 #: The paper's long-term budget M (tokens), used when ``budget_tokens`` is None and it fits.
@@ -94,6 +98,9 @@ class EngineConfig:
         saliency_share: share of M kept by plain saliency (VSB phase 1), in [0, 1].
         page_size: C, consecutive long-term tokens per retrieval page.
         retrieval_ratio: share of long-term pages retrieved per layer, in (0, 1].
+        page_score: one of :data:`PAGE_SCORES`: ``mean`` scores a page by its mean key (the paper),
+            ``max`` by its best-matching token, so one relevant token is not averaged away by the
+            unrelated tokens that compaction packed into the same page.
         retrieval_min_tokens: PaR retrieves at least this many long-term tokens per layer (whole pages;
             all of them when the long-term memory is smaller): a floor for short memories, where a
             ratio of a few pages loses what the answer needs. 0: the ratio alone (the paper).
@@ -120,6 +127,7 @@ class EngineConfig:
     saliency_share: float = 0.5
     page_size: int = 16
     retrieval_ratio: float = 0.4
+    page_score: str = "mean"
     retrieval_min_tokens: int = 0
     rekv_frames: int = 8
     max_new_tokens: int = 64

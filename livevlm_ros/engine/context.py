@@ -180,11 +180,19 @@ class ContextBuilder:
         if cfg.retrieval == "par-pe":  # ablation: queries rotated at the question's stream positions
             queries = self.rotary.rotate_at(queries, self.question_positions.expand(queries.shape[0], -1))
         pooled = retrieval.pooled_query(queries, heads, self.weights)
-        scores = retrieval.score_groups(pooled, self.page_means[layer], per_head=cfg.select_per_head)
+        region = slice(plan.prefix, plan.long_term_end)
+        lanes = None
         if self.visible is not None:
-            lanes = self.visible[layer, :, plan.prefix:plan.long_term_end]
-            usable = retrieval.pages_with_visible_tokens(lanes if cfg.select_per_head else lanes[0], cfg.page_size)
-            scores = scores.masked_fill(~usable, -torch.inf)
+            lanes = self.visible[layer, :, region] if cfg.select_per_head else self.visible[layer, 0, region]
+        if cfg.page_score == "max":
+            keys = memory.keys[layer][:, region]
+            if cfg.retrieval == "par-pe":
+                keys = self.rotary.rotate_at(keys, memory.position[layer][:, region])
+            scores = retrieval.page_max_scores(pooled, keys, cfg.page_size, cfg.select_per_head, lanes)
+        else:
+            scores = retrieval.score_groups(pooled, self.page_means[layer], per_head=cfg.select_per_head)
+            if lanes is not None:
+                scores = scores.masked_fill(~retrieval.pages_with_visible_tokens(lanes, cfg.page_size), -torch.inf)
         chosen = retrieval.top_groups(scores, count=plan.pages_kept)
         if self.records is not None:
             self.records.append({"scores": scores, "chosen": chosen})

@@ -104,6 +104,32 @@ def score_groups(pooled: torch.Tensor, means: torch.Tensor, per_head: bool = Fal
     return scores if per_head else scores.mean(dim=0)
 
 
+def page_max_scores(pooled: torch.Tensor, keys: torch.Tensor, page_size: int, per_head: bool = False,
+                    usable: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Score of each page of ``page_size`` consecutive tokens: its best token's ``pooled . key``.
+
+    Args:
+        pooled: ``[kv_heads, d]`` float32 pooled question query (see :func:`pooled_query`).
+        keys: ``[kv_heads, n, d]`` the long-term tokens' keys (pre-RoPE, or rotated for the PE ablation).
+        per_head: keep one score per KV head (``[kv_heads, pages]``); else token scores are averaged
+            over KV heads first, as :func:`score_groups` does (``[pages]``).
+        usable: ``[n]`` (or ``[kv_heads, n]``) bool; tokens that may not be used never score (a page
+            with none scores ``-inf``).
+    Returns:
+        ``[pages]`` or ``[kv_heads, pages]`` float32, ``pages = ceil(n / page_size)``.
+    """
+    tokens = torch.matmul(keys.float(), pooled[:, :, None])[..., 0]  # [kv_heads, n]
+    if not per_head:
+        tokens = tokens.mean(dim=0)
+    if usable is not None:
+        tokens = tokens.masked_fill(~usable, -torch.inf)
+    n = tokens.shape[-1]
+    pages = math.ceil(n / page_size)
+    padded = tokens.new_full((*tokens.shape[:-1], pages * page_size), -torch.inf)
+    padded[..., :n] = tokens
+    return padded.view(*tokens.shape[:-1], pages, page_size).amax(dim=-1)
+
+
 def top_groups(scores: torch.Tensor, ratio: float = 0.0, count: int = 0) -> torch.Tensor:
     """Ids of the best groups along the last axis, ascending (temporal order): ``ceil(ratio * n)`` of them, or ``count``."""
     n = scores.shape[-1]

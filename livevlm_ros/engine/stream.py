@@ -296,8 +296,8 @@ class LiveVLMStream:
         return means
 
     #: The settings :meth:`set_question_settings` may change: they act only when a question is answered.
-    QUESTION_SETTINGS = ("retrieval", "retrieval_ratio", "retrieval_min_tokens", "page_size", "rekv_frames",
-                         "max_new_tokens", "max_question_chars")
+    QUESTION_SETTINGS = ("retrieval", "retrieval_ratio", "retrieval_min_tokens", "page_size", "page_score",
+                         "rekv_frames", "max_new_tokens", "max_question_chars")
 
     def set_question_settings(self, **changes) -> None:
         """Change question-time settings of an ingested stream (e.g. answer one memory with and without PaR).

@@ -1,0 +1,153 @@
+"""``livevlm_bench --fidelity``: run the study, write ``fidelity.json`` / ``fidelity.md`` / PNGs.
+
+Presets: :data:`FULL` (the documented run) and :data:`QUICK` (CI smoke: < 5 min on 2 cores).
+Outputs in ``out``: ``fidelity_records.json`` (every question of every arm), ``fidelity.json``
+(summary with CIs, targets, coverage simulation), ``fidelity.md``, ``fidelity_*.png``; rewritten
+after each stream, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+from typing import Optional
+
+from .. import report as bench_report
+from . import arms, coverage, models, report, runner
+from .streams import EVENT_CAPTIONS, OPTIONS_PER_QUESTION, make_stream
+
+FULL = runner.StudySettings(
+    seeds=tuple(range(40)),
+    lengths=(runner.StreamLength("5x", 48, 0.2), runner.StreamLength("10x", 96, 0.1)),
+    long_plan={"full": ("none",), "random": ("none",), "sliding": ("none",), "topk": ("none",),
+               "vsb-memory": ("none", "par"), "vsb": ("none", "par", "par-max", "par-max-floor")},
+)
+#: The core comparison only (5x streams, the issue's six policies, PaR where it is compared): what a
+#: contended CPU finishes first; its records merge with FULL's (same arms, same names).
+CORE = runner.StudySettings(
+    seeds=tuple(range(40)),
+    lengths=(runner.StreamLength("5x", 48, 0.2),),
+    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par", "par-max"), "vsb-memory": ("none", "par"),
+                                             "vsb": ("none", "par", "par-max")}.get(a.name, ("none",)))
+                      for a in arms.CORE_MEMORY),
+)
+PRESETS = {"full": FULL, "core": CORE}
+QUICK = runner.StudySettings(
+    seeds=tuple(range(2)),
+    lengths=(runner.StreamLength("5x", 48, 0.2),),
+    memory_arms=arms.select(arms.MEMORY_ARMS, ("full", "sliding", "vsb")),
+)
+
+
+def describe(settings: runner.StudySettings, model_name: str, weights: str) -> str:
+    sample = make_stream(0, settings.lengths[0].frames, settings.event_frames)
+    return (f"Model: {weights}. TEXT PROXY of video: each frame is one scene caption's tokens "
+            f"(`ingest_embeddings`), NOT an image. Each stream holds 3 events (early / middle / late third), "
+            f"each an object of one colour seen over {settings.event_frames} consecutive frames in "
+            f"{len(EVENT_CAPTIONS)} paraphrases (e.g. {sample.captions[sample.events[0].first]!r}, "
+            f"{sample.captions[sample.events[0].first + 1]!r}); the other frames are fillers without colours. "
+            f"One question per event (\"{sample.questions[0].text}\"), all asked from the same memory. Score: "
+            f"the {OPTIONS_PER_QUESTION} colour options' log-likelihood after the answer stem \"The <object> was\" "
+            f"(gold + the other events' colours + random), plus the free greedy answer's first colour word. "
+            f"Budget = a share of the stream's tokens, clip about half the budget, short-term "
+            f"{settings.short_term_frames} frames, PaR pages of {settings.page_size} tokens, ratio 0.4. "
+            f"95% CIs: bootstrap over streams (2000 resamples); paired gaps on the same questions.")
+
+
+def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_names=(models.SMOLLM2,),
+        qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1),
+        preset: str = "full", seed_start: int = 0) -> dict:
+    """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``.
+
+    Args:
+        shard: ``(i, k)``: only the streams whose seed is ``i`` modulo ``k`` (run ``k`` processes, then
+            :func:`merge` their output directories).
+        preset: a key of :data:`PRESETS` (ignored with ``quick``); seed_start: the first stream's seed.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    settings = QUICK if quick else PRESETS[preset]
+    if seeds or seed_start:
+        settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
+    settings = replace(settings, seeds=tuple(s for s in settings.seeds if s % count == index))
+    results = {}
+    table = coverage.coverage_table()
+    for name in model_names:
+        started = time.perf_counter()
+        model = models.load(name, qwen_gguf=qwen_gguf)
+        load_s = time.perf_counter() - started
+        prefix = "fidelity" if name == models.SMOLLM2 else f"fidelity_{name}"
+        meta = {"command": command, "model": name, "weights": model.describe_weights, "load_s": load_s,
+                "settings": settings.describe(), "description": describe(settings, name, model.describe_weights),
+                "coverage_simulation": table}
+        bar = _bar(progress, runner.total_ingests(settings), name)
+
+        def checkpoint(result, meta=meta, prefix=prefix):
+            write(out_dir, prefix, result, meta)
+
+        result = runner.run_study(model, settings, on_progress=bar.update if bar else None, on_checkpoint=checkpoint)
+        if bar:
+            bar.close()
+        results[name] = write(out_dir, prefix, result, meta)
+        del model
+    return results
+
+
+def merge(directories, out_dir: str) -> list:
+    """Merge the shards' records (same settings, disjoint seeds) into one study in ``out_dir``; returns the
+    prefixes merged."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    prefixes = sorted({name[:-len("_records.json")] for d in directories for name in os.listdir(d)
+                       if name.endswith("_records.json")})
+    for prefix in prefixes:
+        merged, meta = {"questions": [], "retention": [], "sizes": {}, "wall_s": 0.0}, None
+        for directory in directories:
+            path = os.path.join(directory, f"{prefix}_records.json")
+            if not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                part = json.load(handle)
+            with open(os.path.join(directory, f"{prefix}.json"), encoding="utf-8") as handle:
+                meta = meta or json.load(handle)["meta"]
+            merged["questions"] += part["questions"]
+            merged["retention"] += part["retention"]
+            merged["sizes"].update(part["sizes"])
+            merged["wall_s"] = max(merged["wall_s"], part.get("wall_s") or 0.0)
+        write(out_dir, prefix, merged, meta)
+    return prefixes
+
+
+def write(out_dir: str, prefix: str, result: dict, meta: dict) -> dict:
+    """Records, summary (with targets), markdown and plots of one model's study."""
+    summary = report.summarize(result)
+    summary["targets"] = report.targets(summary)
+    summary["meta"] = meta
+    summary["wall_s"] = result.get("wall_s")
+    bench_report.save_json(os.path.join(out_dir, f"{prefix}_records.json"), result)
+    bench_report.save_json(os.path.join(out_dir, f"{prefix}.json"), summary)
+    text = report.markdown(summary, meta, report.ORDER)
+    text += "\n### Targets (item 8)\n\n" + report.targets_markdown(summary["targets"]) + "\n"
+    text += "\n### VSB coverage simulation (M 1,200, 20-token frames, 8-frame clips, 100 clips, random scores, " \
+            "B = 1)\n\n" + coverage.coverage_markdown(meta["coverage_simulation"]) + "\n"
+    with open(os.path.join(out_dir, f"{prefix}.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    try:
+        report.plot(summary, out_dir, prefix)
+    except ImportError as exc:  # matplotlib missing: tables still written
+        print(f"livevlm_bench: no fidelity plots ({exc})", file=sys.stderr)
+    return summary
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"fidelity {desc}", unit="memory", dynamic_ncols=True, mininterval=5.0,
+                file=sys.stderr)

@@ -1,0 +1,169 @@
+"""The fidelity study's pieces: caption streams, bootstrap statistics, the coverage simulation, and a
+tiny-model run of the whole harness (random weights: its answers are noise, only the plumbing is checked)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from livevlm_ros.bench.fidelity import arms, coverage, report, runner, stats, streams
+from livevlm_ros.engine import load_video_llm
+
+
+# ------------------------------------------------------------------ streams
+def test_streams_are_deterministic_per_seed():
+    assert streams.make_stream(5) == streams.make_stream(5)
+    assert streams.make_stream(5) != streams.make_stream(6)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("frames", [48, 120])
+def test_events_persist_in_paraphrases_one_per_third(seed, frames):
+    s = streams.make_stream(seed, frames, event_frames=4)
+    assert s.frames == len(s.times) == frames and list(s.times) == sorted(s.times)
+    assert [e.position for e in s.events] == list(streams.POSITIONS)
+    owner = s.event_of_frame()
+    for k, event in enumerate(s.events):
+        third = streams.POSITIONS.index(event.position)
+        assert third * frames / 3 <= event.first and event.last < (third + 1) * frames / 3
+        assert event.last - event.first + 1 == 4
+        captions = s.captions[event.first:event.last + 1]
+        assert len(set(captions)) == 4  # paraphrases, not one caption repeated
+        assert all(event.colour in c.lower() and event.object in c for c in captions)
+        assert owner[event.first:event.last + 1] == [k] * 4
+    assert s.events[-1].last <= frames - 4  # "late" lies before the newest 3 frames
+    assert len({e.object for e in s.events}) == len({e.colour for e in s.events}) == 3
+    fillers = [c.lower().replace(".", " ").replace(",", " ").split() for c, o in zip(s.captions, owner) if o < 0]
+    assert not any(word in streams.COLOURS for words in fillers for word in words)
+    assert not any(e.object in words for e in s.events for words in fillers)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_questions_offer_gold_and_the_other_events_colours(seed):
+    s = streams.make_stream(seed)
+    for q in s.questions:
+        assert len(q.options) == streams.OPTIONS_PER_QUESTION == len(set(q.options))
+        assert q.options[q.gold].lower() == q.event.colour and q.event.object in q.text
+        assert {e.colour.capitalize() for e in s.events} <= set(q.options)
+
+
+def test_streams_too_short_for_their_events_are_refused():
+    with pytest.raises(ValueError, match="frames"):
+        streams.make_stream(0, frames=20, event_frames=4)
+
+
+def test_greedy_answers_are_read_by_their_first_colour_word():
+    assert streams.predicted_colour("The van was red.") == "red"
+    assert streams.predicted_colour("Blue, not red") == "blue"
+    assert streams.predicted_colour("I do not know") is None
+
+
+# ------------------------------------------------------------------ statistics
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = stats.bootstrap(rng.integers(0, 2, 30))
+    large = stats.bootstrap(rng.integers(0, 2, 3000))
+    assert small.low <= small.mean <= small.high and large.low <= large.mean <= large.high
+    assert (large.high - large.low) < (small.high - small.low) / 5
+    assert abs(large.mean - 0.5) < 0.05 and large.n == 3000
+    constant = stats.bootstrap([1.0] * 12)
+    assert (constant.mean, constant.low, constant.high) == (1.0, 1.0, 1.0)
+    assert np.isnan(stats.bootstrap([]).mean)
+
+
+def test_cluster_bootstrap_is_wider_when_questions_of_a_stream_agree():
+    """Three questions per stream that always share their outcome carry one stream's worth of evidence."""
+    rng = np.random.default_rng(1)
+    per_stream = rng.integers(0, 2, 40)
+    values = np.repeat(per_stream, 3)
+    clusters = np.repeat(np.arange(40), 3)
+    iid = stats.bootstrap(values)
+    clustered = stats.bootstrap(values, clusters)
+    assert clustered.mean == iid.mean
+    assert (clustered.high - clustered.low) > 1.4 * (iid.high - iid.low)
+
+
+def test_paired_difference_sees_a_consistent_gain_that_unpaired_noise_hides():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, 200)
+    better = base + 0.2  # same questions, every one 0.2 better
+    diff = stats.paired_difference(better, base, np.arange(200))
+    assert diff.mean == pytest.approx(0.2) and diff.excludes_zero and diff.high - diff.low < 1e-9
+    same = stats.paired_difference(base, base, np.arange(200))
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero
+    with pytest.raises(ValueError):
+        stats.paired_difference([1, 2], [1], [0, 1])
+
+
+# ------------------------------------------------------------------ coverage simulation
+def test_coverage_simulation_stream_buckets_cover_the_oldest_quarter():
+    memory = coverage.simulate("memory", budget=300, clips=40)
+    stream = coverage.simulate("stream", budget=300, clips=40)
+    assert sum(memory) == pytest.approx(1.0) and sum(stream) == pytest.approx(1.0)
+    assert memory[0] < 0.02 and memory[-1] > 0.8
+    assert min(stream) > 0.1
+
+
+# ------------------------------------------------------------------ the harness on a tiny model
+@pytest.fixture(scope="module")
+def tiny_study():
+    model = load_video_llm("tiny-smolvlm")
+    settings = runner.StudySettings(
+        seeds=(0, 1), lengths=(runner.StreamLength("5x", 36, 0.2),), event_frames=3,
+        memory_arms=arms.select(arms.MEMORY_ARMS, ("full", "sliding", "vsb", "vsb/frames")),
+        retrieval_arms=arms.RETRIEVAL_ARMS)
+    progress = []
+    result = runner.run_study(model, settings, on_progress=progress.append)
+    return settings, result, progress
+
+
+def test_harness_asks_every_question_of_every_arm(tiny_study):
+    settings, result, progress = tiny_study
+    assert len(progress) == runner.total_ingests(settings) == 2 * 4
+    seen = {(q["seed"], q["arm"], q["question"]) for q in result["questions"]}
+    expected_arms = ["full", "full+par", "full+par-max", "sliding", "sliding+par", "vsb", "vsb+par", "vsb+par-max",
+                     "vsb+par-max-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
+    assert seen == {(s, a, k) for s in (0, 1) for a in expected_arms for k in range(3)}
+    for q in result["questions"]:
+        assert q["correct"] in (0, 1) and np.isfinite(q["margin"])
+        greedy = q["memory"] in ("full", "vsb") or q["retrieval"] != "none"
+        assert (q["greedy_correct"] in (0, 1)) == greedy and ("answer" in q) == greedy
+        if q["retrieval"] == "none":
+            assert not greedy or q["recall"] == pytest.approx(1.0) or np.isnan(q["recall"])  # all of memory read
+        else:
+            assert len(q["page_hit"]) == len(q["recall_per_layer"]) == 2  # one per layer (tiny-smolvlm: 2)
+    size = result["sizes"]["5x"]
+    assert size["budget_tokens"] == round(0.2 * size["stream_tokens"])
+
+
+def test_harness_retention_full_keeps_everything_and_sliding_forgets_the_start(tiny_study):
+    _, result, _ = tiny_study
+    for r in result["retention"]:
+        if r["position"] == "ages":
+            continue
+        if r["memory"] == "full":
+            assert r["per_layer"] == pytest.approx([1.0] * len(r["per_layer"]))
+        if r["memory"] == "sliding" and r["position"] == "early":
+            assert max(r["per_layer"]) == 0.0
+        if r["memory"] == "vsb":
+            assert max(r["per_layer"]) < 1.0
+    ages = [r["ages"] for r in result["retention"] if r["position"] == "ages" and r["memory"] == "sliding"]
+    assert all(sum(a[5:]) == 0 for a in ages)  # a sliding window holds no old half
+
+
+def test_report_tables_targets_and_plots(tiny_study, tmp_path):
+    _, result, _ = tiny_study
+    summary = report.summarize(result)
+    block = summary["lengths"]["5x"]
+    full = block["arms"]["full"]
+    assert set(full) >= {"accuracy", "early", "middle", "late", "margin", "greedy"}
+    assert block["arms"]["vsb"]["vs_full"]["n"] == 6
+    assert block["arms"]["vsb+par"]["vs_vsb"]["n"] == 6 and block["arms"]["vsb+par"]["pages"]["pages"] > 0
+    assert full["vs_sliding"]["n"] == 6
+    targets = report.targets(summary)
+    assert {t["arm"] for t in targets} == {"vsb+par", "vsb+par-max-floor"}
+    text = report.markdown(summary, {"description": "tiny"}, report.ORDER)
+    assert "| vsb+par-max |" in text and "PaR page diagnosis" in text
+    paths = report.plot(summary, str(tmp_path))
+    assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in paths)
+    json.dumps(summary)  # serialisable
