@@ -353,8 +353,7 @@ def test_short_soak_end_to_end(tmp_path):
     for name, cam in report["cameras"].items():
         counters = cam["node_counters_at_end"]
         assert cam["published"] == 360 and 60 < cam["malformed_published"] < 160, (name, cam)
-        # best-effort QoS (REP-2003 sensor data): raw 900 kB frames at 30 Hz on a busy 2-core host lose some
-        assert counters["frames_received"] >= 0.75 * cam["published"], (name, cam)
+        assert counters["frames_received"] >= 0.9 * cam["published"], (name, cam)
         assert counters["frames_rejected"] > 0 and counters["frames_ingested"] > 0, (name, cam)
     log = (out / "logs" / "node.log").read_text()
     assert "stream cam_raw: stamp went back" in log and "stream cam_jpeg: stamp went back" in log
