@@ -218,7 +218,7 @@ def test_random_policy_is_seeded():
                                    dict(select_per_head=True), dict(keep_unit="frame")])
 def test_score_variants_stay_within_budget_and_answer(extra):
     stream = stream_of("tiny-smolvlm", random_frames(30, seed=10), memory="vsb", budget_tokens=120, clip_frames=4,
-                       **extra)
+                       retrieval_min_tokens=0, **extra)
     stats = stream.stats()
     assert stats.long_term_tokens == 120
     result = stream.ask("what happened?", max_new_tokens=2)

@@ -41,8 +41,8 @@ def test_par_retrieves_ratio_of_pages_and_shrinks_context(name):
     frames = random_frames(24, seed=7)
     kwargs = dict(memory="vsb", budget_tokens=160, short_term_frames=2, clip_frames=4, page_size=16)
     full_context = stream_of(name, frames, retrieval="none", **kwargs).ask("where is the car?", max_new_tokens=2)
-    par = stream_of(name, frames, retrieval="par", retrieval_ratio=0.4, **kwargs).ask("where is the car?",
-                                                                                      max_new_tokens=2)
+    par = stream_of(name, frames, retrieval="par", retrieval_ratio=0.4, retrieval_min_tokens=0,
+                    **kwargs).ask("where is the car?", max_new_tokens=2)
     assert par.pages_total == math.ceil(160 / 16)
     assert par.pages_retrieved == math.ceil(0.4 * par.pages_total)
     assert full_context.pages_retrieved == 0
@@ -54,7 +54,8 @@ def test_par_with_rope_keys_selects_differently_from_pre_rope(monkeypatch):
     from livevlm_ros.engine.context import ContextBuilder
 
     frames = random_frames(40, seed=8)
-    kwargs = dict(memory="vsb", budget_tokens=256, clip_frames=8, page_size=8, retrieval_ratio=0.25)
+    kwargs = dict(memory="vsb", budget_tokens=256, clip_frames=8, page_size=8, retrieval_ratio=0.25,
+                  retrieval_min_tokens=0)
     chosen = {}
     original = ContextBuilder._long_term
     for policy in ("par", "par-pe"):
@@ -132,6 +133,62 @@ def test_retrieval_floor_keeps_short_memories_whole():
     assert floor.ask("where?", max_new_tokens=1).pages_retrieved == 10  # all of a short memory
 
 
+def test_default_floor_reads_a_short_memory_whole_and_answers_as_without_retrieval():
+    """Below retrieval_min_tokens (default 1,024) PaR keeps every page: the answer is the no-retrieval answer,
+    token for token; above it the paper's ratio decides."""
+    frames = random_frames(24, seed=15)
+    kwargs = dict(memory="vsb", budget_tokens=160, short_term_frames=2, clip_frames=4, page_size=16)
+    plain = stream_of("tiny-smolvlm", frames, retrieval="none", **kwargs)
+    par = stream_of("tiny-smolvlm", frames, retrieval="par", **kwargs)
+    assert par.config.retrieval_min_tokens == 1024
+    a, b = plain.ask("where is the car?", max_new_tokens=6), par.ask("where is the car?", max_new_tokens=6)
+    assert b.pages_retrieved == b.pages_total == 10 and a.token_ids == b.token_ids
+    assert b.context_tokens == a.context_tokens
+    par.set_question_settings(retrieval_min_tokens=64)
+    assert par.ask("where is the car?", max_new_tokens=1).pages_retrieved == 4  # max(64 / 16, ceil(0.4 * 10))
+
+
+def test_page_attention_scores_match_a_per_head_softmax_loop():
+    torch.manual_seed(2)
+    kv_heads, heads, q, n, d, page = 2, 6, 5, 37, 8, 16
+    keys, queries = torch.randn(kv_heads, n, d), torch.randn(heads, q, d)
+    own = torch.tensor([False, True, True, True, False])
+    weights = retrieval.question_weights(own)
+    scores = retrieval.page_attention_scores(queries, keys, page, weights)
+    per_head = retrieval.page_attention_scores(queries, keys, page, weights, per_head=True)
+    group = heads // kv_heads
+    mass = torch.zeros(kv_heads, n)
+    for h in range(heads):
+        probs = torch.softmax(queries[h] @ keys[h // group].T / math.sqrt(d), dim=-1)  # [q, n]
+        mass[h // group] += (weights[:, None] * probs).sum(dim=0) / group
+    brute = torch.stack([mass[:, p * page:(p + 1) * page].sum(dim=-1) for p in range(3)], dim=-1)
+    assert torch.allclose(per_head, brute, atol=1e-5) and torch.allclose(scores, brute.mean(dim=0), atol=1e-5)
+    assert torch.allclose(scores.sum(), torch.tensor(1.0), atol=1e-5)  # a share of the question's attention
+    usable = torch.ones(n, dtype=torch.bool)
+    usable[:16] = False
+    masked = retrieval.page_attention_scores(queries, keys, page, weights, usable=usable)
+    assert masked[0] == 0 and torch.allclose(masked.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_page_attention_finds_the_page_one_head_attends_to():
+    """Head 0 attends almost only to one token of page 0 (its page-mates are anti-aligned, so page 0's mean
+    key is 0); head 1, with a large query, barely prefers page 1 (60 % of its attention). The pooled query
+    is linear in both, so head 1's magnitude picks page 1; attention mass (each head's softmax sums to 1)
+    picks page 0, where one head looks."""
+    d = 4
+    keys = torch.zeros(1, 32, d)
+    keys[0, :16, 0] = -0.4
+    keys[0, 3, 0] = 6.0
+    keys[0, 16:, 1] = 0.1
+    queries = torch.zeros(2, 1, d)
+    queries[0, 0, 0], queries[1, 0, 1] = 4.0, 8.0
+    weights = torch.ones(1)
+    pooled = retrieval.pooled_query(queries, 1, weights)
+    mean_scores = retrieval.score_groups(pooled, retrieval.page_means(keys, 16))
+    mass = retrieval.page_attention_scores(queries, keys, 16, weights)
+    assert int(mean_scores.argmax()) == 1 and int(mass.argmax()) == 0
+
+
 def test_page_max_scores_are_the_best_token_of_each_page():
     torch.manual_seed(1)
     kv_heads, heads, n, d, page = 2, 6, 37, 8, 16
@@ -169,15 +226,17 @@ def test_page_max_finds_the_one_matching_token_that_a_page_mean_dilutes():
     assert int(mean_scores.argmax()) == 1 and int(max_scores.argmax()) == 0
 
 
+@pytest.mark.parametrize("score", ["max", "attention"])
 @pytest.mark.parametrize("per_head", [False, True])
-def test_page_score_max_is_a_question_setting_with_the_same_context_size(per_head):
+def test_page_score_is_a_question_setting_with_the_same_context_size(per_head, score):
     frames = random_frames(24, seed=14)
     stream = stream_of("tiny-llava-onevision", frames, memory="vsb", retrieval="par", budget_tokens=160,
-                       clip_frames=4, page_size=16, select_per_head=per_head)
+                       clip_frames=4, page_size=16, select_per_head=per_head, retrieval_min_tokens=0)
     stream.record_retrieval = True
     mean = stream.ask("where is the car?", max_new_tokens=1)
     mean_pages = stream.last_context()["pages"]
-    stream.set_question_settings(page_score="max")
+    assert mean.pages_retrieved < mean.pages_total
+    stream.set_question_settings(page_score=score)
     best = stream.ask("where is the car?", max_new_tokens=1)
     max_pages = stream.last_context()["pages"]
     assert (best.pages_retrieved, best.pages_total, best.context_tokens) == \

@@ -40,8 +40,9 @@ SCORE_HEADS = ("mean", "max")
 #: Unit of eviction: single tokens, or whole frames (caption phrases in a text proxy).
 KEEP_UNITS = ("token", "frame")
 #: How PaR scores a page: ``mean``: the pooled question query . the page's mean key (the paper);
-#: ``max``: the page's best token, max over its tokens of the pooled query . key.
-PAGE_SCORES = ("mean", "max")
+#: ``max``: the page's best token, max over its tokens of the pooled query . key; ``attention``: the
+#: attention mass (per-head softmax over the long-term tokens) the question's own tokens give the page.
+PAGE_SCORES = ("mean", "max", "attention")
 
 #: The allowed values of every choice field of :class:`EngineConfig` (one table for the engine,
 #: the command-line options and the ROS parameter descriptors).
@@ -55,6 +56,12 @@ FIELD_CHOICES = {
     "page_score": PAGE_SCORES,
 }
 
+#: PaR's floor (tokens): long-term memories up to this size are read whole. With 5 pages of a 71-token memory
+#: the paper's ratio kept 2, page scores found the event barely above chance (event page retrieved in 64 % of
+#: layers, chance 55 %), and late events lost 10 points (docs/BENCHMARKS.md, fidelity); reading 1,024 tokens
+#: instead of 410 adds ~600 tokens of attention per answer token. At the paper's M = 12,000 (4,800 retrieved)
+#: and SmolVLM-256M's 7,202 (2,880) the ratio alone decides.
+DEFAULT_RETRIEVAL_MIN_TOKENS = 1024
 #: The paper's long-term budget M (tokens), used when ``budget_tokens`` is None and it fits.
 REFERENCE_BUDGET_TOKENS = 12000
 #: Positions kept free for the question (tokens) when checking that a budget fits the context.
@@ -100,10 +107,12 @@ class EngineConfig:
         retrieval_ratio: share of long-term pages retrieved per layer, in (0, 1].
         page_score: one of :data:`PAGE_SCORES`: ``mean`` scores a page by its mean key (the paper),
             ``max`` by its best-matching token, so one relevant token is not averaged away by the
-            unrelated tokens that compaction packed into the same page.
+            unrelated tokens that compaction packed into the same page; ``attention`` by the attention
+            mass the question's own tokens give its tokens (per-head softmax, pre-RoPE).
         retrieval_min_tokens: PaR retrieves at least this many long-term tokens per layer (whole pages;
             all of them when the long-term memory is smaller): a floor for short memories, where a
-            ratio of a few pages loses what the answer needs. 0: the ratio alone (the paper).
+            ratio of a few pages loses what the answer needs while reading them all costs little.
+            0: the ratio alone (the paper). Default :data:`DEFAULT_RETRIEVAL_MIN_TOKENS`.
         rekv_frames: frames retrieved per layer from host memory by ``rekv``.
         max_new_tokens: default answer length limit.
         max_question_chars: questions longer than this are rejected.
@@ -128,7 +137,7 @@ class EngineConfig:
     page_size: int = 16
     retrieval_ratio: float = 0.4
     page_score: str = "mean"
-    retrieval_min_tokens: int = 0
+    retrieval_min_tokens: int = DEFAULT_RETRIEVAL_MIN_TOKENS
     rekv_frames: int = 8
     max_new_tokens: int = 64
     max_question_chars: int = 2000

@@ -184,11 +184,15 @@ class ContextBuilder:
         lanes = None
         if self.visible is not None:
             lanes = self.visible[layer, :, region] if cfg.select_per_head else self.visible[layer, 0, region]
-        if cfg.page_score == "max":
+        if cfg.page_score in ("max", "attention"):
             keys = memory.keys[layer][:, region]
             if cfg.retrieval == "par-pe":
                 keys = self.rotary.rotate_at(keys, memory.position[layer][:, region])
-            scores = retrieval.page_max_scores(pooled, keys, cfg.page_size, cfg.select_per_head, lanes)
+            if cfg.page_score == "max":
+                scores = retrieval.page_max_scores(pooled, keys, cfg.page_size, cfg.select_per_head, lanes)
+            else:
+                scores = retrieval.page_attention_scores(queries, keys, cfg.page_size, self.weights,
+                                                         cfg.select_per_head, lanes)
         else:
             scores = retrieval.score_groups(pooled, self.page_means[layer], per_head=cfg.select_per_head)
             if lanes is not None:

@@ -130,6 +130,46 @@ def page_max_scores(pooled: torch.Tensor, keys: torch.Tensor, page_size: int, pe
     return padded.view(*tokens.shape[:-1], pages, page_size).amax(dim=-1)
 
 
+def page_attention_scores(queries: torch.Tensor, keys: torch.Tensor, page_size: int, weights: torch.Tensor,
+                          per_head: bool = False, usable: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Score of each page: the attention mass the question's own tokens give its tokens.
+
+    Per query head and question token, ``softmax(q . k / sqrt(d))`` over the long-term tokens (pre-RoPE,
+    or rotated for the PE ablation), weighted by ``weights`` over the question's tokens, averaged over
+    the query heads of each KV group, then summed over each page's tokens. Unlike a pooled query's dot
+    product with a page mean (linear: one averaged query, one averaged key), the softmax keeps each
+    head's and each question token's own match, so a page wins when some head attends to it.
+
+    Args:
+        queries: ``[heads, q, d]``; heads grouped over KV heads as in GQA (head ``h`` reads KV head
+            ``h // (heads / kv_heads)``).
+        keys: ``[kv_heads, n, d]`` the long-term tokens' keys.
+        weights: ``[q]`` pooling weights summing to 1 (see :func:`question_weights`).
+        per_head: keep one score per KV head (``[kv_heads, pages]``); else averaged over KV heads.
+        usable: ``[n]`` (or ``[kv_heads, n]``) bool; other tokens receive no attention (a page with
+            none scores 0, below any page with a usable token only if that token gets mass).
+    Returns:
+        ``[pages]`` or ``[kv_heads, pages]`` float32 in [0, 1] (a page's share of the attention), ``pages =
+        ceil(n / page_size)``. Cost: ``heads x q x n`` per layer, the question's own attention over memory.
+    """
+    heads, q, dim = queries.shape
+    kv_heads, n, _ = keys.shape
+    group = heads // kv_heads
+    logits = torch.matmul(queries.float().reshape(kv_heads, group * q, dim), keys.float().transpose(1, 2))
+    logits = logits * (1.0 / math.sqrt(dim))  # [kv_heads, group * q, n]
+    if usable is not None:
+        lanes = usable if usable.ndim == 2 else usable[None]
+        logits = logits.masked_fill(~lanes[:, None, :], -torch.inf)
+    probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0).view(kv_heads, group, q, n)
+    mass = torch.matmul(weights.float(), probs).mean(dim=1)  # [kv_heads, n]
+    if not per_head:
+        mass = mass.mean(dim=0)
+    pages = math.ceil(n / page_size)
+    padded = mass.new_zeros((*mass.shape[:-1], pages * page_size))
+    padded[..., :n] = mass
+    return padded.view(*mass.shape[:-1], pages, page_size).sum(dim=-1)
+
+
 def top_groups(scores: torch.Tensor, ratio: float = 0.0, count: int = 0) -> torch.Tensor:
     """Ids of the best groups along the last axis, ascending (temporal order): ``ceil(ratio * n)`` of them, or ``count``."""
     n = scores.shape[-1]

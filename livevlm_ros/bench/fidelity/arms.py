@@ -69,6 +69,11 @@ RETRIEVAL_ARMS = (
                  "the paper's PaR: pooled question query . page mean key, top 40% of pages"),
     RetrievalArm("par-max", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 0},
                  "PaR scoring pages by their best token (pooled question query . pre-RoPE key)"),
+    RetrievalArm("par-attn", {"retrieval": "par", "page_score": "attention", "retrieval_min_tokens": 0},
+                 "PaR scoring pages by the attention mass of the question's own tokens (per-head softmax, pre-RoPE)"),
+    RetrievalArm("par-default", {"retrieval": "par", "page_score": "mean",
+                                 "retrieval_min_tokens": EngineConfig().retrieval_min_tokens},
+                 "the engine default: the paper's PaR, but memories under retrieval_min_tokens are read whole"),
     RetrievalArm("par-max-floor", {"retrieval": "par", "page_score": "max", "retrieval_min_tokens": 48},
                  "par-max, retrieving at least 48 long-term tokens (3 pages)"),
 )

@@ -29,8 +29,8 @@ FULL = runner.StudySettings(
 CORE = runner.StudySettings(
     seeds=tuple(range(40)),
     lengths=(runner.StreamLength("5x", 48, 0.2),),
-    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par", "par-max"), "vsb-memory": ("none", "par"),
-                                             "vsb": ("none", "par", "par-max")}.get(a.name, ("none",)))
+    memory_arms=tuple(replace(a, retrievals={"full": ("none", "par"), "vsb-memory": ("none", "par"),
+                                             "vsb": ("none", "par", "par-attn", "par-default")}.get(a.name, ("none",)))
                       for a in arms.CORE_MEMORY),
 )
 PRESETS = {"full": FULL, "core": CORE}
