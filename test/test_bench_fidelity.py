@@ -161,9 +161,16 @@ def test_report_tables_targets_and_plots(tiny_study, tmp_path):
     assert block["arms"]["vsb+par"]["vs_vsb"]["n"] == 6 and block["arms"]["vsb+par"]["pages"]["pages"] > 0
     assert full["vs_sliding"]["n"] == 6
     targets = report.targets(summary)
-    assert {t["arm"] for t in targets} == {"vsb+par", "vsb+par-max-floor"}
+    assert {t["arm"] for t in targets} == set(report.TARGET_ARMS)
+    at_least_vsb = [t for t in targets if t["arm"] == "vsb+par-default" and t["target"].startswith("at least VSB")]
+    assert len(at_least_vsb) == 3  # one per event position
+    # the tiny memory is under the default floor: PaR reads it whole, so it answers exactly as VSB does
+    assert all(t["met"] and t["sure"] and t["value"]["mean"] == 0 for t in at_least_vsb)
+    pages = block["arms"]["vsb+par"]["pages"]
+    assert 0 < pages["kept"] < pages["pages"] and 0 <= pages["chance"] <= 1
+    assert block["arms"]["vsb+par-default"]["pages"]["kept"] == block["arms"]["vsb+par-default"]["pages"]["pages"]
     text = report.markdown(summary, {"description": "tiny"}, report.ORDER)
-    assert "| vsb+par-max |" in text and "PaR page diagnosis" in text
+    assert "| vsb+par-max |" in text and "PaR page diagnosis" in text and "| chance |" in text
     paths = report.plot(summary, str(tmp_path))
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in paths)
     json.dumps(summary)  # serialisable

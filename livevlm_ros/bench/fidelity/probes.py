@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +134,9 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
     * ``event_pages``: long-term pages holding any of the event's tokens;
     * ``purity``: the event's share of the tokens of those pages (pages split across events/fillers);
     * ``best_rank``: rank (0 = best) of the best-scored event page among all pages, and ``pages``;
-    * ``hit``: whether any event page was retrieved.
+    * ``hit``: whether any event page was retrieved; ``kept``: pages retrieved;
+    * ``chance``: the probability of a hit if ``kept`` pages were drawn uniformly at random (the null
+      that ``hit`` must beat for page scores to find content).
     """
     context = stream.last_context()
     if not context or "pages" not in context:
@@ -141,7 +144,7 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
     layout = stream.memory_layout()
     frames = layout.frame_index[:, 0, layout.prefix_len:layout.short_term_start]  # [L, n]
     first, last = question.event.first, question.event.last
-    out = {"event_pages": [], "purity": [], "best_rank": [], "pages": [], "hit": []}
+    out = {"event_pages": [], "purity": [], "best_rank": [], "pages": [], "hit": [], "kept": [], "chance": []}
     for layer, record in enumerate(context["pages"]):
         scores, chosen = record["scores"], record["chosen"]
         if scores.ndim > 1:  # per-head selection: head 0
@@ -150,13 +153,15 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
         n = mine.numel()
         pages = torch.arange(n) // page_size
         event_pages = torch.unique(pages[mine])
-        out["pages"].append(int(scores.numel()))
-        out["event_pages"].append(int(event_pages.numel()))
-        if not event_pages.numel():
-            out["purity"].append(float("nan"))
-            out["best_rank"].append(float("nan"))
-            out["hit"].append(float("nan"))
+        total, kept, mine_pages = int(scores.numel()), int(chosen.numel()), int(event_pages.numel())
+        out["pages"].append(total)
+        out["kept"].append(kept)
+        out["event_pages"].append(mine_pages)
+        if not mine_pages:
+            for name in ("purity", "best_rank", "hit", "chance"):
+                out[name].append(float("nan"))
             continue
+        out["chance"].append(1.0 - math.comb(total - mine_pages, kept) / math.comb(total, kept))
         in_pages = torch.isin(pages, event_pages)
         out["purity"].append(float(mine.sum() / in_pages.sum()))
         order = scores.argsort(descending=True)
