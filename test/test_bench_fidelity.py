@@ -174,3 +174,27 @@ def test_report_tables_targets_and_plots(tiny_study, tmp_path):
     paths = report.plot(summary, str(tmp_path))
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in paths)
     json.dumps(summary)  # serialisable
+
+
+def test_merge_adds_shards_and_later_records_replace_earlier_ones(tiny_study, tmp_path):
+    from livevlm_ros.bench.fidelity import study
+
+    _, result, _ = tiny_study
+    meta = {"description": "tiny", "coverage_simulation": {}}
+    by_seed = [{"questions": [q for q in result["questions"] if q["seed"] == s],
+                "retention": [r for r in result["retention"] if r["seed"] == s], "sizes": result["sizes"]}
+               for s in (0, 1)]
+    rerun = {"questions": [dict(q, correct=1 - q["correct"]) for q in by_seed[1]["questions"] if q["arm"] == "vsb"],
+             "retention": [], "sizes": result["sizes"]}
+    for name, part in (("a", by_seed[0]), ("b", by_seed[1]), ("c", rerun)):
+        study.write(str(tmp_path / name), "fidelity", part, meta)
+    merged = tmp_path / "merged"
+    study.merge([str(tmp_path / n) for n in ("a", "b", "c")], str(merged))
+    records = json.loads((merged / "fidelity_records.json").read_text())
+    assert len(records["questions"]) == len(result["questions"])  # seeds added, the rerun replaced, not appended
+    assert len(records["retention"]) == len(result["retention"])
+    original = {(q["seed"], q["arm"], q["question"]): q["correct"] for q in result["questions"]}
+    for q in records["questions"]:
+        flipped = q["seed"] == 1 and q["arm"] == "vsb"
+        assert q["correct"] == (1 - original[(q["seed"], q["arm"], q["question"])] if flipped
+                                else original[(q["seed"], q["arm"], q["question"])])

@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
     p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
                    help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
-    p.add_argument("--fidelity-preset", choices=("full", "core"), default="full",
-                   help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only")
+    p.add_argument("--fidelity-preset", choices=("full", "core", "retrieval", "pages"), default="full",
+                   help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only; "
+                        "retrieval: VSB under each PaR variant (5x, 10x); pages: 4x longer 5x streams, so PaR "
+                        "chooses among ~18 pages")
     p.add_argument("--fidelity-seed-start", type=int, default=0, help="seed of the first stream (default 0)")
     p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",

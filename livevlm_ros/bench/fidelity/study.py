@@ -33,7 +33,25 @@ CORE = runner.StudySettings(
                                              "vsb": ("none", "par", "par-attn", "par-default")}.get(a.name, ("none",)))
                       for a in arms.CORE_MEMORY),
 )
-PRESETS = {"full": FULL, "core": CORE}
+#: VSB memory under every retrieval arm that matters for item 7 (the paper's PaR, the engine default, the
+#: attention-mass scoring), on 5x and 10x streams: its records replace the ``vsb*`` rows of a FULL run.
+RETRIEVAL = runner.StudySettings(
+    seeds=tuple(range(60)),
+    lengths=FULL.lengths,
+    memory_arms=tuple(replace(a, retrievals=("none", "par", "par-attn", "par-default"))
+                      for a in arms.select(arms.CORE_MEMORY, ("vsb",))),
+)
+#: Long memories for PaR: 5x streams 4 times longer (192 frames, 16-frame events), so the budget (20 %)
+#: spans ~18 pages instead of ~5 and the paper's ratio keeps ~8; still under the engine's 1,024-token floor,
+#: so ``par-default`` reads it whole. Null (random), full KV and VSB under each retrieval.
+PAGES = runner.StudySettings(
+    seeds=tuple(range(40)),
+    lengths=(runner.StreamLength("5x-192", 192, 0.2),),
+    event_frames=16,
+    memory_arms=tuple(replace(a, retrievals={"vsb": ("none", "par", "par-attn", "par-default")}.get(a.name, ("none",)))
+                      for a in arms.select(arms.CORE_MEMORY, ("full", "random", "sliding", "vsb"))),
+)
+PRESETS = {"full": FULL, "core": CORE, "retrieval": RETRIEVAL, "pages": PAGES}
 QUICK = runner.StudySettings(
     seeds=tuple(range(2)),
     lengths=(runner.StreamLength("5x", 48, 0.2),),
@@ -98,15 +116,19 @@ def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_na
 
 
 def merge(directories, out_dir: str) -> list:
-    """Merge the shards' records (same settings, disjoint seeds) into one study in ``out_dir``; returns the
-    prefixes merged."""
+    """Merge studies' records into one study in ``out_dir``; returns the prefixes merged.
+
+    Shards (disjoint seeds) add up; a record that a later directory also holds (same length, stream, arm and
+    question; for retention the same memory arm and event) is replaced by the later one, so a rerun of some
+    arms (e.g. ``--fidelity-preset retrieval``) updates a full study. The first directory's meta is kept.
+    """
     import json
 
     os.makedirs(out_dir, exist_ok=True)
     prefixes = sorted({name[:-len("_records.json")] for d in directories for name in os.listdir(d)
                        if name.endswith("_records.json")})
     for prefix in prefixes:
-        merged, meta = {"questions": [], "retention": [], "sizes": {}, "wall_s": 0.0}, None
+        questions, retention, sizes, wall, meta = {}, {}, {}, 0.0, None
         for directory in directories:
             path = os.path.join(directory, f"{prefix}_records.json")
             if not os.path.exists(path):
@@ -115,16 +137,19 @@ def merge(directories, out_dir: str) -> list:
                 part = json.load(handle)
             with open(os.path.join(directory, f"{prefix}.json"), encoding="utf-8") as handle:
                 meta = meta or json.load(handle)["meta"]
-            merged["questions"] += part["questions"]
-            merged["retention"] += part["retention"]
-            merged["sizes"].update(part["sizes"])
-            merged["wall_s"] = max(merged["wall_s"], part.get("wall_s") or 0.0)
+            questions.update({(q["length"], q["seed"], q["arm"], q["question"]): q for q in part["questions"]})
+            retention.update({(r["length"], r["seed"], r["memory"], r["position"]): r for r in part["retention"]})
+            sizes.update(part["sizes"])
+            wall = max(wall, part.get("wall_s") or 0.0)
+        merged = {"questions": list(questions.values()), "retention": list(retention.values()), "sizes": sizes,
+                  "wall_s": wall}
         write(out_dir, prefix, merged, meta)
     return prefixes
 
 
 def write(out_dir: str, prefix: str, result: dict, meta: dict) -> dict:
     """Records, summary (with targets), markdown and plots of one model's study."""
+    os.makedirs(out_dir, exist_ok=True)
     summary = report.summarize(result)
     summary["targets"] = report.targets(summary)
     summary["meta"] = meta
