@@ -122,7 +122,7 @@ def test_harness_asks_every_question_of_every_arm(tiny_study):
     assert len(progress) == runner.total_ingests(settings) == 2 * 4
     seen = {(q["seed"], q["arm"], q["question"]) for q in result["questions"]}
     expected_arms = ["full", "full+par", "full+par-max", "sliding", "sliding+par", "vsb", "vsb+par", "vsb+par-max",
-                     "vsb+par-attn", "vsb+par-default", "vsb+par-max-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
+                     "vsb+par-attn", "vsb+par-contrast", "vsb+par-default", "vsb+par-max-floor", "vsb/frames"]  # each memory arm with its own retrieval arms
     assert seen == {(s, a, k) for s in (0, 1) for a in expected_arms for k in range(3)}
     for q in result["questions"]:
         assert q["correct"] in (0, 1) and np.isfinite(q["margin"])

@@ -189,6 +189,25 @@ def test_page_attention_finds_the_page_one_head_attends_to():
     assert int(mean_scores.argmax()) == 1 and int(mass.argmax()) == 0
 
 
+def test_contrast_pooling_removes_what_the_template_tokens_also_attend_to():
+    """Every query (template and question) shares a large component along page 0's key (a position / sink
+    bias); only the question's own tokens point at page 1. The question's pooled query picks page 0; minus
+    the template's pooled query (``page_score="contrast"``) it picks page 1."""
+    d = 4
+    keys = torch.zeros(1, 32, d)
+    keys[0, :16, 0] = 1.0
+    keys[0, 16:, 1] = 1.0
+    queries = torch.zeros(2, 6, d)
+    queries[:, :, 0] = 5.0  # shared by all six tokens
+    own = torch.tensor([False, True, True, True, False, False])
+    queries[:, 1:4, 1] = 2.0  # the question's own tokens
+    means = retrieval.page_means(keys, 16)
+    question = retrieval.pooled_query(queries, 1, retrieval.question_weights(own))
+    template = retrieval.pooled_query(queries, 1, retrieval.question_weights(~own))
+    assert int(retrieval.score_groups(question, means).argmax()) == 0
+    assert int(retrieval.score_groups(question - template, means).argmax()) == 1
+
+
 def test_page_max_scores_are_the_best_token_of_each_page():
     torch.manual_seed(1)
     kv_heads, heads, n, d, page = 2, 6, 37, 8, 16
@@ -226,7 +245,7 @@ def test_page_max_finds_the_one_matching_token_that_a_page_mean_dilutes():
     assert int(mean_scores.argmax()) == 1 and int(max_scores.argmax()) == 0
 
 
-@pytest.mark.parametrize("score", ["max", "attention"])
+@pytest.mark.parametrize("score", ["max", "attention", "contrast"])
 @pytest.mark.parametrize("per_head", [False, True])
 def test_page_score_is_a_question_setting_with_the_same_context_size(per_head, score):
     frames = random_frames(24, seed=14)

@@ -41,8 +41,10 @@ SCORE_HEADS = ("mean", "max")
 KEEP_UNITS = ("token", "frame")
 #: How PaR scores a page: ``mean``: the pooled question query . the page's mean key (the paper);
 #: ``max``: the page's best token, max over its tokens of the pooled query . key; ``attention``: the
-#: attention mass (per-head softmax over the long-term tokens) the question's own tokens give the page.
-PAGE_SCORES = ("mean", "max", "attention")
+#: attention mass (per-head softmax over the long-term tokens) the question's own tokens give the page;
+#: ``contrast``: the page mean key against the question's pooled query minus the chat template's (the
+#: template tokens around the question attend like any question does, so their share is position bias).
+PAGE_SCORES = ("mean", "max", "attention", "contrast")
 
 #: The allowed values of every choice field of :class:`EngineConfig` (one table for the engine,
 #: the command-line options and the ROS parameter descriptors).
@@ -108,7 +110,8 @@ class EngineConfig:
         page_score: one of :data:`PAGE_SCORES`: ``mean`` scores a page by its mean key (the paper),
             ``max`` by its best-matching token, so one relevant token is not averaged away by the
             unrelated tokens that compaction packed into the same page; ``attention`` by the attention
-            mass the question's own tokens give its tokens (per-head softmax, pre-RoPE).
+            mass the question's own tokens give its tokens (per-head softmax, pre-RoPE); ``contrast``
+            by its mean key against the question's pooled query minus the template tokens' pooled query.
         retrieval_min_tokens: PaR retrieves at least this many long-term tokens per layer (whole pages;
             all of them when the long-term memory is smaller): a floor for short memories, where a
             ratio of a few pages loses what the answer needs while reading them all costs little.

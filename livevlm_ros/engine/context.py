@@ -111,6 +111,7 @@ class ContextBuilder:
         self.page_means = page_means
         self.own = own
         self.weights = retrieval.question_weights(own, memory.dtype)
+        self.template_weights = retrieval.question_weights(~own, memory.dtype)
         self.question_positions = question_positions
         self.host_frames = host_frames or []
         self.timer = timer
@@ -180,6 +181,8 @@ class ContextBuilder:
         if cfg.retrieval == "par-pe":  # ablation: queries rotated at the question's stream positions
             queries = self.rotary.rotate_at(queries, self.question_positions.expand(queries.shape[0], -1))
         pooled = retrieval.pooled_query(queries, heads, self.weights)
+        if cfg.page_score == "contrast":  # linear: q_question . m - q_template . m = (q_question - q_template) . m
+            pooled = pooled - retrieval.pooled_query(queries, heads, self.template_weights)
         region = slice(plan.prefix, plan.long_term_end)
         lanes = None
         if self.visible is not None:

@@ -71,6 +71,8 @@ RETRIEVAL_ARMS = (
                  "PaR scoring pages by their best token (pooled question query . pre-RoPE key)"),
     RetrievalArm("par-attn", {"retrieval": "par", "page_score": "attention", "retrieval_min_tokens": 0},
                  "PaR scoring pages by the attention mass of the question's own tokens (per-head softmax, pre-RoPE)"),
+    RetrievalArm("par-contrast", {"retrieval": "par", "page_score": "contrast", "retrieval_min_tokens": 0},
+                 "PaR with the template's pooled query subtracted from the question's (removes position bias)"),
     RetrievalArm("par-default", {"retrieval": "par", "page_score": "mean",
                                  "retrieval_min_tokens": EngineConfig().retrieval_min_tokens},
                  "the engine default: the paper's PaR, but memories under retrieval_min_tokens are read whole"),

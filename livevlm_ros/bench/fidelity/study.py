@@ -33,13 +33,14 @@ CORE = runner.StudySettings(
                                              "vsb": ("none", "par", "par-attn", "par-default")}.get(a.name, ("none",)))
                       for a in arms.CORE_MEMORY),
 )
-#: VSB memory under every retrieval arm that matters for item 7 (the paper's PaR, the engine default, the
-#: attention-mass scoring), on 5x and 10x streams: its records replace the ``vsb*`` rows of a FULL run.
+#: Full KV and VSB memory under every retrieval arm that matters for item 7 (the paper's PaR, the engine
+#: default, attention-mass and contrast scoring), on 5x and 10x streams: its records replace the ``full*`` and
+#: ``vsb*`` rows of a FULL run (``--fidelity-merge FULL_DIR THIS_DIR``).
 RETRIEVAL = runner.StudySettings(
     seeds=tuple(range(60)),
     lengths=FULL.lengths,
-    memory_arms=tuple(replace(a, retrievals=("none", "par", "par-attn", "par-default"))
-                      for a in arms.select(arms.CORE_MEMORY, ("vsb",))),
+    memory_arms=tuple(replace(a, retrievals=("none", "par", "par-attn", "par-contrast", "par-default"))
+                      for a in arms.select(arms.CORE_MEMORY, ("full", "vsb"))),
 )
 #: Long memories for PaR: 5x streams 4 times longer (192 frames, 16-frame events), so the budget (20 %)
 #: spans ~18 pages instead of ~5 and the paper's ratio keeps ~8; still under the engine's 1,024-token floor,
@@ -48,7 +49,8 @@ PAGES = runner.StudySettings(
     seeds=tuple(range(40)),
     lengths=(runner.StreamLength("5x-192", 192, 0.2),),
     event_frames=16,
-    memory_arms=tuple(replace(a, retrievals={"vsb": ("none", "par", "par-attn", "par-default")}.get(a.name, ("none",)))
+    memory_arms=tuple(replace(a, retrievals={"vsb": ("none", "par", "par-attn", "par-contrast", "par-default"),
+                                             "full": ("none", "par", "par-contrast")}.get(a.name, ("none",)))
                       for a in arms.select(arms.CORE_MEMORY, ("full", "random", "sliding", "vsb"))),
 )
 PRESETS = {"full": FULL, "core": CORE, "retrieval": RETRIEVAL, "pages": PAGES}
