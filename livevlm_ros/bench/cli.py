@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "retrieval: VSB under each PaR variant (5x, 10x); pages: 4x longer 5x streams, so PaR "
                         "chooses among ~18 pages")
     p.add_argument("--fidelity-seed-start", type=int, default=0, help="seed of the first stream (default 0)")
+    p.add_argument("--fidelity-lengths", nargs="+", metavar="NAME", help="only these stream lengths of the preset "
+                   "(e.g. 5x)")
+    p.add_argument("--fidelity-retrievals", nargs="+", metavar="ARM",
+                   help="only these retrieval arms (none, par, par-attn, par-contrast, par-default, ...)")
     p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
@@ -345,7 +349,8 @@ def run(args, argv=None) -> None:
         study.run(args.out, quick=args.quick, seeds=args.fidelity_seeds, model_names=args.fidelity_models,
                   qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command,
                   shard=(int(index), int(count or 1)), preset=args.fidelity_preset,
-                  seed_start=args.fidelity_seed_start)
+                  seed_start=args.fidelity_seed_start, lengths=args.fidelity_lengths,
+                  retrievals=args.fidelity_retrievals)
         print(f"livevlm_bench: wrote {args.out}/fidelity.json, fidelity.md and plots", file=sys.stderr)
         return
     started = time.perf_counter()

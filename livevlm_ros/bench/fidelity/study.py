@@ -78,18 +78,27 @@ def describe(settings: runner.StudySettings, model_name: str, weights: str) -> s
 
 def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_names=(models.SMOLLM2,),
         qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1),
-        preset: str = "full", seed_start: int = 0) -> dict:
+        preset: str = "full", seed_start: int = 0, lengths=None, retrievals=None) -> dict:
     """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``.
 
     Args:
         shard: ``(i, k)``: only the streams whose seed is ``i`` modulo ``k`` (run ``k`` processes, then
             :func:`merge` their output directories).
         preset: a key of :data:`PRESETS` (ignored with ``quick``); seed_start: the first stream's seed.
+        lengths: only the preset's stream lengths of these names (``None``: all).
+        retrievals: only these retrieval arms (``None``: the preset's).
     """
     os.makedirs(out_dir, exist_ok=True)
     settings = QUICK if quick else PRESETS[preset]
     if seeds or seed_start:
         settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
+    if lengths:
+        known = [x.name for x in settings.lengths]
+        if set(lengths) - set(known):
+            raise ValueError(f"unknown lengths {sorted(set(lengths) - set(known))}; this preset has {known}")
+        settings = replace(settings, lengths=tuple(x for x in settings.lengths if x.name in lengths))
+    if retrievals:
+        settings = replace(settings, retrieval_arms=arms.select(arms.RETRIEVAL_ARMS, retrievals))
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
