@@ -269,20 +269,80 @@ class CameraPublisher:
 
 
 # ============================================================================ actions
+class ActionFeedback:
+    """Every feedback message of an action's goals, read from its feedback topic
+    (``<action>/_action/feedback``, reliable keep-all) and handed to the goal's callback in order.
+
+    rclpy's ``ActionClient`` loses feedback a test must see, in two ways (measured with a
+    keep-all subscription on the same topic, which got every message the node sent):
+
+    * it forgets a goal's feedback callback as soon as the goal's result response arrives
+      (rclpy#927). The result comes on the GetResult service, a channel of its own, so it can
+      overtake the last feedback messages, which are then dropped: under load the test saw
+      ``partial_answer`` stop a few tokens short of the answer;
+    * its feedback subscription keeps the last 10 messages (``QoSProfile(depth=10)``), and it takes
+      one per executor turn: a burst of tokens overwrites the first ones before they are taken.
+
+    Args:
+        node: the client's rclpy node.
+        action_type: e.g. ``livevlm_interfaces.action.Ask``.
+        name: the action's fully qualified name, e.g. ``/livevlm/ask_streaming``.
+    """
+
+    def __init__(self, node, action_type, name: str):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        self._callbacks: Dict[bytes, Callable] = {}
+        self._lock = threading.Lock()
+        qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.subscription = node.create_subscription(
+            action_type.Impl.FeedbackMessage, f"{name.rstrip('/')}/_action/feedback", self._on_feedback, qos)
+
+    def wait_matched(self, timeout: float) -> None:
+        """Wait until the server's feedback publisher is matched (feedback sent before is not seen)."""
+        wait_until(lambda: self.subscription.get_publisher_count() > 0, timeout, "the action's feedback publisher")
+
+    def register(self, goal_uuid: bytes, callback: Callable) -> None:
+        """``callback(FeedbackMessage)`` for each feedback message of goal ``goal_uuid`` (16 bytes)."""
+        with self._lock:
+            self._callbacks[bytes(goal_uuid)] = callback
+
+    def _on_feedback(self, msg) -> None:
+        with self._lock:
+            callback = self._callbacks.get(bytes(msg.goal_id.uuid))
+        if callback is not None:
+            callback(msg)
+
+
 def action_client(client: RosClient, action_type, name: str):
-    """An rclpy ActionClient for ``name`` (one per name and client), its server found."""
+    """An rclpy ActionClient for ``name`` (one per name and client), its server found, with an
+    :class:`ActionFeedback` for its goals' feedback (``.feedback_topic``, used by :func:`send_goal`)."""
     from rclpy.action import ActionClient
 
     cache = client.__dict__.setdefault("_action_clients", {})
     if name not in cache:
-        cache[name] = ActionClient(client.node, action_type, name)
+        action = ActionClient(client.node, action_type, name)
+        action.feedback_topic = ActionFeedback(client.node, action_type, name)
+        cache[name] = action
     assert cache[name].wait_for_server(timeout_sec=10.0), f"action server {name} not available"
+    cache[name].feedback_topic.wait_matched(10.0)
     return cache[name]
 
 
 def send_goal(action, goal, feedback=None):
-    """Send ``goal`` with ``action`` (an ActionClient); the accepted goal handle."""
-    future = action.send_goal_async(goal, feedback_callback=feedback)
+    """Send ``goal`` with ``action`` (from :func:`action_client`); the accepted goal handle.
+
+    ``feedback(FeedbackMessage)`` gets every feedback message of the goal, also those that arrive
+    after its result (see :class:`ActionFeedback`)."""
+    import uuid
+
+    from unique_identifier_msgs.msg import UUID
+
+    goal_uuid = UUID(uuid=list(uuid.uuid4().bytes))
+    if feedback is not None:
+        action.feedback_topic.register(bytes(goal_uuid.uuid), feedback)
+    future = action.send_goal_async(goal, goal_uuid=goal_uuid)
     wait_until(future.done, 10.0, "goal acceptance")
     handle = future.result()
     assert handle.accepted

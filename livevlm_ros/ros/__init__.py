@@ -16,5 +16,6 @@ of every entry point):
 * :mod:`.watch_board`       the running watches, bounded by ``max_watches``, evaluated by the worker.
 * :mod:`.evidence`          evidence stamps / thumbnails and the memory view as ROS messages (imports msgs).
 
+:mod:`.executor` is the node's executor (rclpy's MultiThreadedExecutor, its task list bounded).
 :mod:`.node` is the rclpy lifecycle node (``LiveVLMNode``) and the ``livevlm_node`` entry point.
 """

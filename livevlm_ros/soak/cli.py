@@ -212,6 +212,8 @@ class Soak:
             stop.set()
             for cam in cameras:
                 cam.join(5.0)
+            # the node's counters at the end: once the frames sent last have been counted
+            monitor.wait_settled(5.0)
             drained = self._drain(log, args.ask_timeout + args.grace)
             watch.stop(5.0)
             elapsed = time.monotonic() - t0

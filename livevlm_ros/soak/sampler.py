@@ -81,18 +81,37 @@ class StatusMonitor:
         self.latest = None
         self.messages = 0
         self.ages: List[tuple] = []
+        self._received: Optional[tuple] = None   # frames_received per stream in the newest message
+        self._unchanged = False                   # ... equal to those of the message before it
         self._lock = threading.Lock()
         node.create_subscription(MemoryStatus, f"{node_name}/memory_status", self._on_status, 10)
 
     def _on_status(self, msg) -> None:
         t = time.monotonic() - self.t0
         offsets = self._offsets()
+        received = tuple((s.name, s.frames_received) for s in msg.streams)
         with self._lock:
             self.latest, self.messages = msg, self.messages + 1
+            self._unchanged, self._received = received == self._received, received
             for s in msg.streams:
                 age = stream_row(s, offsets.get(s.name, 0.0))["newest_frame_age_s"]
                 if age is not None:
                     self.ages.append((t, s.name, age))
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """After the cameras stopped: wait for a new message whose ``frames_received`` equal the
+        message before it (every stream), so that :meth:`snapshot` counts the frames still in
+        flight or queued when the cameras stopped (up to a status period's worth, 15 frames of a
+        30 Hz camera at 0.5 s); False after ``timeout_s``."""
+        with self._lock:
+            start = self.messages
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.messages > start and self._unchanged:
+                    return True
+            time.sleep(0.05)
+        return False
 
     def snapshot(self):
         with self._lock:

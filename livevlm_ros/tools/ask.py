@@ -122,12 +122,18 @@ def _ask_action(node, executor, args) -> tuple:
     goal = AskAction.Goal()
     _fill_request(goal, args)
     tokens = [0]
+    printed = [""]  # the answer text written so far
+
+    def write_answer(text: str) -> None:
+        # from partial_answer, not new_text: a feedback message that never arrives leaves no hole
+        if not args.json and text.startswith(printed[0]) and len(text) > len(printed[0]):
+            sys.stdout.write(text[len(printed[0]):])
+            sys.stdout.flush()
+            printed[0] = text
 
     def on_feedback(msg):
         tokens[0] = msg.feedback.tokens_generated
-        if not args.json:
-            sys.stdout.write(msg.feedback.new_text)
-            sys.stdout.flush()
+        write_answer(msg.feedback.partial_answer)
 
     t0 = time.monotonic()
     cancelled = False
@@ -154,9 +160,13 @@ def _ask_action(node, executor, args) -> tuple:
                 result_future = handle.get_result_async()
             if _spin_until(executor, result_future, time.monotonic() + 5.0):
                 break
+    response = result_future.result() if result_future is not None else None
+    if response is not None:
+        # The result can overtake the last feedback messages (it comes on another channel) and
+        # rclpy drops a goal's feedback once its result is in: the rest of the answer is here.
+        write_answer(response.result.answer)
     if not args.json:
         sys.stdout.write("\n")
-    response = result_future.result() if result_future is not None else None
     if response is None:  # only reachable after a cancel: report it instead of crashing
         result = AskAction.Result(success=False, error="cancelled; the node sent no final result in time")
         return result, time.monotonic() - t0, tokens[0], cancelled
