@@ -132,6 +132,7 @@ def test_harness_asks_every_question_of_every_arm(tiny_study):
             assert not greedy or q["recall"] == pytest.approx(1.0) or np.isnan(q["recall"])  # all of memory read
         else:
             assert len(q["page_hit"]) == len(q["recall_per_layer"]) == 2  # one per layer (tiny-smolvlm: 2)
+            assert len(q["page_bias"]) == 5
     size = result["sizes"]["5x"]
     assert size["budget_tokens"] == round(0.2 * size["stream_tokens"])
 
@@ -198,3 +199,17 @@ def test_merge_adds_shards_and_later_records_replace_earlier_ones(tiny_study, tm
         flipped = q["seed"] == 1 and q["arm"] == "vsb"
         assert q["correct"] == (1 - original[(q["seed"], q["arm"], q["question"])] if flipped
                                 else original[(q["seed"], q["arm"], q["question"])])
+
+
+def test_score_bias_is_the_z_score_by_fifth_of_memory_oldest_first():
+    import torch
+
+    from livevlm_ros.bench.fidelity import probes
+
+    rising = probes.score_bias(torch.arange(10.0))
+    assert rising.shape == (5,) and bool((rising[1:] > rising[:-1]).all())
+    assert abs(float(rising.sum())) < 1e-9  # z-scores of equal-sized stretches average to 0
+    flat = probes.score_bias(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert torch.allclose(flat, torch.zeros(5, dtype=torch.float64))
+    masked = probes.score_bias(torch.tensor([5.0, -torch.inf, 1.0, 1.0, 1.0]))
+    assert torch.isnan(masked[1]) and masked[0] > 0  # an unusable page is left out

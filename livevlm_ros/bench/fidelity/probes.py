@@ -23,6 +23,8 @@ from .streams import CaptionStream, Question, predicted_colour
 GREEDY_TOKENS = 5
 #: Memory age histogram: bins over the stream, 0 = newest tenth.
 AGE_BINS = 10
+#: Stretches of long-term memory over which PaR's page-score position bias is reported (oldest first).
+BIAS_BINS = 5
 
 
 def ingest(model, config, stream_def: CaptionStream) -> LiveVLMStream:
@@ -136,7 +138,9 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
     * ``best_rank``: rank (0 = best) of the best-scored event page among all pages, and ``pages``;
     * ``hit``: whether any event page was retrieved; ``kept``: pages retrieved;
     * ``chance``: the probability of a hit if ``kept`` pages were drawn uniformly at random (the null
-      that ``hit`` must beat for page scores to find content).
+      that ``hit`` must beat for page scores to find content);
+    * ``bias`` (one list, not per layer): the page scores' position bias, mean over layers of the z-scored
+      page scores in each fifth of the long-term memory, oldest first (0 everywhere: no preference by age).
     """
     context = stream.last_context()
     if not context or "pages" not in context:
@@ -145,10 +149,12 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
     frames = layout.frame_index[:, 0, layout.prefix_len:layout.short_term_start]  # [L, n]
     first, last = question.event.first, question.event.last
     out = {"event_pages": [], "purity": [], "best_rank": [], "pages": [], "hit": [], "kept": [], "chance": []}
+    bias = []
     for layer, record in enumerate(context["pages"]):
         scores, chosen = record["scores"], record["chosen"]
         if scores.ndim > 1:  # per-head selection: head 0
             scores, chosen = scores[0], chosen[0]
+        bias.append(score_bias(scores))
         mine = (frames[layer] >= first) & (frames[layer] <= last)
         n = mine.numel()
         pages = torch.arange(n) // page_size
@@ -168,4 +174,20 @@ def page_diagnosis(stream: LiveVLMStream, question: Question, page_size: int) ->
         ranks = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
         out["best_rank"].append(int(ranks[event_pages].min()))
         out["hit"].append(float(torch.isin(event_pages, chosen).any()))
+    out["bias"] = [float(x) for x in torch.stack(bias).nanmean(dim=0)] if bias else []
     return out
+
+
+def score_bias(scores: torch.Tensor, bins: int = BIAS_BINS) -> torch.Tensor:
+    """``[bins]``: z-scored page ``scores`` (``[pages]``, memory order) averaged in ``bins`` equal stretches of
+    the memory, oldest first; pages that could not score (``-inf``, outside a time window) are left out."""
+    values = scores.double()
+    finite = torch.isfinite(values)
+    if finite.sum() < 2:
+        return torch.full((bins,), float("nan"), dtype=torch.float64)
+    z = (values - values[finite].mean()) / values[finite].std().clamp(min=1e-12)
+    where = (torch.arange(values.numel(), dtype=torch.float64) + 0.5) * bins / values.numel()
+    which = where.floor().long().clamp(max=bins - 1)
+    sums = torch.zeros(bins, dtype=torch.float64).index_add_(0, which[finite], z[finite])
+    counts = torch.bincount(which[finite], minlength=bins).double()
+    return sums / counts  # nan for a stretch without a page

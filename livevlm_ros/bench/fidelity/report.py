@@ -99,7 +99,9 @@ def _page_summary(rows: list) -> dict:
                     values.append(transform(v, r, i) if transform else v)
         return float(np.mean(values)) if values else None
 
-    return {"hit": mean_of("hit"), "chance": mean_of("chance"), "purity": mean_of("purity"),
+    biases = [r["page_bias"] for r in rows if r.get("page_bias")]
+    bias = [float(x) for x in np.nanmean(np.array(biases, dtype=float), axis=0)] if biases else None
+    return {"hit": mean_of("hit"), "chance": mean_of("chance"), "purity": mean_of("purity"), "bias": bias,
             "event_pages": mean_of("event_pages"), "pages": mean_of("pages"), "kept": mean_of("kept"),
             "best_rank_share": mean_of("best_rank", lambda v, r, i: v / max(1, r["page_pages"][i]))}
 
@@ -174,13 +176,15 @@ def markdown(summary: dict, meta: dict, arms_order: Optional[Sequence[str]] = No
             lines += ["", "PaR page diagnosis (means over questions and layers): `hit` = an event page was "
                       "retrieved; `chance` = the same if the kept pages were drawn at random; `purity` = the event's "
                       "share of the tokens of the pages holding it; `rank` = the best event page's rank / pages "
-                      "(0 = best).", "",
-                      "| arm | hit | chance | purity | event pages | pages | kept | rank |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "(0 = best); `bias` = mean z-score of the page scores in each fifth of memory, oldest "
+                      "first (0 0 0 0 0: no preference by age).", "",
+                      "| arm | hit | chance | purity | event pages | pages | kept | rank | bias |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for arm, p in pages:
+                bias = " ".join(f"{x:+.1f}" for x in p["bias"]) if p.get("bias") else "-"
                 lines.append(f"| {arm} | {_f(p['hit'])} | {_f(p.get('chance'))} | {_f(p['purity'])} | "
                              f"{_f(p['event_pages'], 1)} | {_f(p['pages'], 1)} | {_f(p.get('kept'), 1)} | "
-                             f"{_f(p['best_rank_share'])} |")
+                             f"{_f(p['best_rank_share'])} | {bias} |")
         ret = block["retention"]
         lines += ["", "Event tokens retained in memory (Fig. 4 metric; share of the event's tokens, mean over "
                   "layers [lowest layer, highest layer]) and memory age (share of long-term tokens in the oldest / "
