@@ -172,6 +172,9 @@ def test_report_tables_targets_and_plots(tiny_study, tmp_path):
     assert block["arms"]["vsb+par-default"]["pages"]["kept"] == block["arms"]["vsb+par-default"]["pages"]["pages"]
     text = report.markdown(summary, {"description": "tiny"}, report.ORDER)
     assert "| vsb+par-max |" in text and "PaR page diagnosis" in text and "| chance |" in text
+    compact = report.compact_table(summary, "5x").splitlines()
+    assert compact[0].startswith("| arm | overall |") and len(compact) == 2 + len(block["arms"])
+    assert any(row.startswith("| vsb+par-default | ") and row.endswith(" | 6 |") for row in compact)
     paths = report.plot(summary, str(tmp_path))
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in paths)
     json.dumps(summary)  # serialisable

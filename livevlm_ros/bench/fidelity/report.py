@@ -144,6 +144,20 @@ def _num(e: Optional[dict]) -> str:
     return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
 
 
+def compact_table(summary: dict, length: str, arms_order: Sequence[str] = ORDER) -> str:
+    """One length's headline table for the docs: accuracy overall and by position [95% CI], paired gaps vs full
+    KV and vs VSB without retrieval, and questions per arm (``n``)."""
+    arms = summary["lengths"][length]["arms"]
+    lines = ["| arm | overall | early | middle | late | vs full (paired) | vs vsb (paired) | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in [a for a in arms_order if a in arms]:
+        e = arms[arm]
+        lines.append(f"| {arm} | {_pct(e['accuracy'])} | {_pct(e['early'])} | {_pct(e['middle'])} | "
+                     f"{_pct(e['late'])} | {_diff(e.get('vs_full'))} | {_diff(e.get('vs_vsb'))} | "
+                     f"{e['accuracy'].get('n', 0)} |")
+    return "\n".join(lines)
+
+
 def markdown(summary: dict, meta: dict, arms_order: Optional[Sequence[str]] = None) -> str:
     """The study's tables: accuracy by position with CIs, paired gaps, PaR diagnosis, retention, targets."""
     lines = ["## Fidelity study (TEXT PROXY: captions, not images)", ""]
