@@ -2,7 +2,7 @@
 
 A captioned stream (TEXT CAPTIONS standing in for video frames: NOT images) goes into real
 SmolLM2-135M-Instruct twice, once with full KV and once under a 20% memory budget (VSB + PaR,
-the engine defaults). Then it asks about the early, middle and late events and prints, per
+the engine defaults; a memory this short is under PaR's floor, so the answer reads all of it). Then it asks about the early, middle and late events and prints, per
 question, the ground truth, the full-KV answer and the compressed-memory answer, with how many of
 the event's tokens the compressed memory still holds.
 """
@@ -37,7 +37,8 @@ def main(out: TextIO = sys.stdout, seed: int = DEMO_SEED) -> None:
     small = probes.ingest(model, base, stream_def)
     stats = small.stats()
     print(f"\nstream: {size['stream_tokens']} tokens; compressed memory: budget {small.budget} tokens "
-          f"({100 * small.budget / size['stream_tokens']:.0f}%), memory={base.memory}, retrieval={base.retrieval}, "
+          f"({100 * small.budget / size['stream_tokens']:.0f}%), memory={base.memory}, retrieval={base.retrieval} "
+          f"(memories under retrieval_min_tokens={base.retrieval_min_tokens} are read whole), "
           f"clip {base.clip_frames} frames; long-term coverage by tenth of the stream (oldest first): "
           + " ".join(f"{c:.2f}" for c in stats.coverage), file=out)
     counts = probes.frame_token_counts(model, stream_def)
