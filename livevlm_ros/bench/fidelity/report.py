@@ -99,8 +99,13 @@ def _page_summary(rows: list) -> dict:
                     values.append(transform(v, r, i) if transform else v)
         return float(np.mean(values)) if values else None
 
-    biases = [r["page_bias"] for r in rows if r.get("page_bias")]
-    bias = [float(x) for x in np.nanmean(np.array(biases, dtype=float), axis=0)] if biases else None
+    biases = np.array([r["page_bias"] for r in rows if r.get("page_bias")], dtype=float)
+    bias = None
+    if biases.size:
+        finite = np.isfinite(biases)
+        sums = np.where(finite, biases, 0.0).sum(axis=0)
+        counts = finite.sum(axis=0)
+        bias = [float(x) for x in np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)]
     return {"hit": mean_of("hit"), "chance": mean_of("chance"), "purity": mean_of("purity"), "bias": bias,
             "event_pages": mean_of("event_pages"), "pages": mean_of("pages"), "kept": mean_of("kept"),
             "best_rank_share": mean_of("best_rank", lambda v, r, i: v / max(1, r["page_pages"][i]))}
