@@ -200,7 +200,7 @@ def markdown(summary: dict, meta: dict, arms_order: Optional[Sequence[str]] = No
                       "| arm | hit | chance | purity | event pages | pages | kept | rank | bias |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for arm, p in pages:
-                bias = " ".join(f"{x:+.1f}" for x in p["bias"]) if p.get("bias") else "-"
+                bias = " ".join("." if math.isnan(x) else f"{x:+.1f}" for x in p["bias"]) if p.get("bias") else "-"
                 lines.append(f"| {arm} | {_f(p['hit'])} | {_f(p.get('chance'))} | {_f(p['purity'])} | "
                              f"{_f(p['event_pages'], 1)} | {_f(p['pages'], 1)} | {_f(p.get('kept'), 1)} | "
                              f"{_f(p['best_rank_share'])} | {bias} |")
