@@ -28,6 +28,30 @@ def test_split_ros_args_keeps_tool_values_away_from_rcl():
     assert ros == ["--ros-args", "-p", "x:=1", "--"]
 
 
+def test_ctrl_c_is_held_while_rclpy_runs_and_raised_after():
+    import os
+    import signal
+
+    from livevlm_ros.tools.ros_cli import DeferredInterrupt
+
+    interrupt = DeferredInterrupt()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupt.install()
+    try:
+        reached_end_of_block = False
+        with pytest.raises(KeyboardInterrupt):
+            with interrupt.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here: held, not raised inside the block
+                reached_end_of_block = True
+        assert reached_end_of_block and not interrupt.pending
+        with pytest.raises(KeyboardInterrupt):  # outside a deferred block: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_demo_question_schedule():
     default = schedule_questions(None, 12.0)
     assert [s.at for s in default] == [5.4, 9.0, 12.0]

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 from livevlm_ros.io.sources import stamp_to_seconds
 from livevlm_ros.ros.questions import seconds_to_stamp
-from livevlm_ros.tools.ros_cli import init_rclpy, split_ros_args, tool_argv
+from livevlm_ros.tools.ros_cli import DeferredInterrupt, init_rclpy, split_ros_args, tool_argv
 
 __all__ = ["build_parser", "main", "result_dict"]
 
@@ -89,11 +89,16 @@ def _print_stats(d: dict) -> None:
           f"{d['memory_tokens']} memory tokens, {d['pages_retrieved']:.1f} pages retrieved{span}]")
 
 
+#: Ctrl-C is delivered between executor turns, never inside rclpy (see DeferredInterrupt).
+INTERRUPT = DeferredInterrupt()
+
+
 def _spin_until(executor, future, deadline: Optional[float] = None) -> bool:
     while not future.done():
         if deadline is not None and time.monotonic() > deadline:
             return False
-        executor.spin_once(timeout_sec=0.05)
+        with INTERRUPT.deferred():
+            executor.spin_once(timeout_sec=0.05)
     return True
 
 
@@ -154,7 +159,7 @@ def _ask_action(node, executor, args) -> tuple:
         if not args.json:
             sys.stderr.write("\n[cancelling...]\n")
         _spin_until(executor, handle.cancel_goal_async(), time.monotonic() + 5.0)
-        # A Ctrl-C that lands inside spin_once can swallow the result response: ask once more.
+        # Ask for the result once more if the first request got no answer in time.
         for retry in (False, True):
             if result_future is None or retry:
                 result_future = handle.get_result_async()
@@ -177,6 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     own, ros_args = split_ros_args(tool_argv(argv))
     args = build_parser().parse_args(own)
     rclpy = init_rclpy(ros_args, "livevlm_ask")
+    INTERRUPT.install()
     from rclpy.executors import SingleThreadedExecutor
 
     node = rclpy.create_node("livevlm_ask")

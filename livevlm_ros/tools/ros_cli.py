@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "jpeg_bytes",
     "compressed_image_msg",
     "stop_process",
+    "DeferredInterrupt",
 ]
 
 
@@ -49,6 +51,40 @@ def init_rclpy(ros_args: Sequence[str], prog: str):
 
     rclpy.init(args=[prog, *ros_args], signal_handler_options=SignalHandlerOptions.NO)
     return rclpy
+
+
+class DeferredInterrupt:
+    """Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` at once, except inside :meth:`deferred` (around
+    ``executor.spin_once``), where it is held until the block ends.
+
+    Raised inside rclpy's C++ bindings (while a taken message is converted), a ``KeyboardInterrupt``
+    comes out as another exception (pybind11: ``TypeError: Unable to convert function return value``),
+    so the tool would crash instead of cancelling its goal. Call :meth:`install` once, in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._depth = 0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self._depth:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self.pending and not self._depth:
+                self.pending = False
+                raise KeyboardInterrupt
 
 
 def tool_argv(argv: Optional[Sequence[str]]) -> List[str]:
