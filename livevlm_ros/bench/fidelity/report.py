@@ -265,9 +265,12 @@ def targets_markdown(rows: list) -> str:
 
 
 # ------------------------------------------------------------------ plots
-def plot(summary: dict, out_dir: str, prefix: str = "fidelity", arms: Sequence[str] = HEADLINE) -> list:
+def plot(summary: dict, out_dir: str, prefix: str = "fidelity", arms: Sequence[str] = HEADLINE,
+         model: str = "") -> list:
     """``<prefix>_accuracy_by_position.png`` (accuracy by event age per arm, CI bars), ``<prefix>_retention.png``
-    (event tokens kept per layer) and ``<prefix>_ages.png`` (memory age histogram). Returns the paths."""
+    (event tokens kept per layer) and ``<prefix>_ages.png`` (memory age histogram); ``model`` names the
+    language model in the titles. Returns the paths."""
+    who = f"{model}, " if model else ""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,9 +293,10 @@ def plot(summary: dict, out_dir: str, prefix: str = "fidelity", arms: Sequence[s
         ax.set_xticks(range(len(POSITIONS)), [f"{p} event" for p in POSITIONS])
         ax.set_ylabel("accuracy % (95% CI)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"streams {length} the budget (captions, not images)")
-    axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+        ax.set_title(f"{who}streams {length} the budget (captions, not images)")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     paths.append(os.path.join(out_dir, f"{prefix}_accuracy_by_position.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
@@ -305,7 +309,7 @@ def plot(summary: dict, out_dir: str, prefix: str = "fidelity", arms: Sequence[s
             for memory in memories:
                 if memory in ret and position in ret[memory]:
                     ax.plot(100 * np.array(ret[memory][position]["per_layer"]), label=memory)
-            ax.set_title(f"{length}: {position} event")
+            ax.set_title(f"{who}{length}: {position} event")
             ax.set_xlabel("layer")
             ax.set_ylabel("event tokens kept %")
     axes[0][-1].legend(fontsize=7)

@@ -174,7 +174,7 @@ def write(out_dir: str, prefix: str, result: dict, meta: dict) -> dict:
     with open(os.path.join(out_dir, f"{prefix}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     try:
-        report.plot(summary, out_dir, prefix)
+        report.plot(summary, out_dir, prefix, model=meta.get("model", ""))
     except ImportError as exc:  # matplotlib missing: tables still written
         print(f"livevlm_bench: no fidelity plots ({exc})", file=sys.stderr)
     return summary
