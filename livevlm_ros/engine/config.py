@@ -58,10 +58,10 @@ FIELD_CHOICES = {
     "page_score": PAGE_SCORES,
 }
 
-#: PaR's floor (tokens): long-term memories up to this size are read whole. With 5 pages of a 71-token memory
-#: the paper's ratio kept 2, page scores found the event barely above chance (event page retrieved in 64 % of
-#: layers, chance 55 %), and late events lost 10 points (docs/BENCHMARKS.md, fidelity); reading 1,024 tokens
-#: instead of 410 adds ~600 tokens of attention per answer token. At the paper's M = 12,000 (4,800 retrieved)
+#: PaR's floor (tokens): long-term memories up to this size are read whole. Page scores prefer old pages
+#: (mean z-score +1.1..+1.3 in the oldest fifth of memory) and on 4-5-page memories the paper's ratio keeps 2,
+#: so late events lost 8-18 points (docs/BENCHMARKS.md, fidelity); reading 1,024 tokens instead of 410 adds
+#: ~600 tokens of attention per answer token. At the paper's M = 12,000 (4,800 retrieved)
 #: and SmolVLM-256M's 7,202 (2,880) the ratio alone decides.
 DEFAULT_RETRIEVAL_MIN_TOKENS = 1024
 #: The paper's long-term budget M (tokens), used when ``budget_tokens`` is None and it fits.
