@@ -111,7 +111,8 @@ class ContextBuilder:
         self.page_means = page_means
         self.own = own
         self.weights = retrieval.question_weights(own, memory.dtype)
-        self.template_weights = retrieval.question_weights(~own, memory.dtype)
+        self.template_weights = (retrieval.question_weights(~own, memory.dtype)
+                                 if config.page_score == "contrast" else None)
         self.question_positions = question_positions
         self.host_frames = host_frames or []
         self.timer = timer

@@ -48,13 +48,19 @@ def page_means(keys: torch.Tensor, page_size: int) -> torch.Tensor:
     return sums / counts[:, None]
 
 
+def _by_page(values: torch.Tensor, page_size: int, fill) -> torch.Tensor:
+    """``values`` ``[..., n]`` as ``[..., ceil(n / page_size), page_size]``, the short last page padded with
+    ``fill`` (the neutral element of the reduction that follows: 0 for a sum, ``-inf`` for a max)."""
+    *lead, n = values.shape
+    pages = math.ceil(n / page_size)
+    padded = values.new_full((*lead, pages * page_size), fill)
+    padded[..., :n] = values
+    return padded.view(*lead, pages, page_size)
+
+
 def pages_with_visible_tokens(visible: torch.Tensor, page_size: int) -> torch.Tensor:
     """``[..., pages]`` bool: pages holding at least one visible token (``visible`` ``[..., n]`` bool)."""
-    *lead, n = visible.shape
-    pages = math.ceil(n / page_size)
-    padded = visible.new_zeros(*lead, pages * page_size)
-    padded[..., :n] = visible
-    return padded.view(*lead, pages, page_size).any(dim=-1)
+    return _by_page(visible, page_size, False).any(dim=-1)
 
 
 def tokens_of_pages(pages: torch.Tensor, page_size: int, n_tokens: int,
@@ -123,11 +129,7 @@ def page_max_scores(pooled: torch.Tensor, keys: torch.Tensor, page_size: int, pe
         tokens = tokens.mean(dim=0)
     if usable is not None:
         tokens = tokens.masked_fill(~usable, -torch.inf)
-    n = tokens.shape[-1]
-    pages = math.ceil(n / page_size)
-    padded = tokens.new_full((*tokens.shape[:-1], pages * page_size), -torch.inf)
-    padded[..., :n] = tokens
-    return padded.view(*tokens.shape[:-1], pages, page_size).amax(dim=-1)
+    return _by_page(tokens, page_size, -torch.inf).amax(dim=-1)
 
 
 def page_attention_scores(queries: torch.Tensor, keys: torch.Tensor, page_size: int, weights: torch.Tensor,
@@ -164,10 +166,7 @@ def page_attention_scores(queries: torch.Tensor, keys: torch.Tensor, page_size: 
     mass = torch.matmul(weights.float(), probs).mean(dim=1)  # [kv_heads, n]
     if not per_head:
         mass = mass.mean(dim=0)
-    pages = math.ceil(n / page_size)
-    padded = mass.new_zeros((*mass.shape[:-1], pages * page_size))
-    padded[..., :n] = mass
-    return padded.view(*mass.shape[:-1], pages, page_size).sum(dim=-1)
+    return _by_page(mass, page_size, 0.0).sum(dim=-1)
 
 
 def top_groups(scores: torch.Tensor, ratio: float = 0.0, count: int = 0) -> torch.Tensor:
