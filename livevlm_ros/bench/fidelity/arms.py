@@ -85,12 +85,13 @@ def arm_name(memory: str, retrieval: str) -> str:
     return memory if retrieval == "none" else f"{memory}+{retrieval}"
 
 
-def select(arms: tuple, names) -> tuple:
-    """The arms of ``arms`` named in ``names`` (all for ``None``), in ``arms`` order."""
+def select(arms: tuple, names, kind: str = "arms") -> tuple:
+    """The items of ``arms`` (anything with a ``name``: arms, stream lengths) named in ``names`` (all for
+    ``None``), in ``arms`` order; ``kind`` names them in the error."""
     if names is None:
         return arms
     known = {a.name for a in arms}
     unknown = sorted(set(names) - known)
     if unknown:
-        raise ValueError(f"unknown arms {unknown}; expected some of {sorted(known)}")
+        raise ValueError(f"unknown {kind} {unknown}; expected some of {sorted(known)}")
     return tuple(a for a in arms if a.name in names)

@@ -2,9 +2,10 @@
 
 A captioned stream (TEXT CAPTIONS standing in for video frames: NOT images) goes into real
 SmolLM2-135M-Instruct twice, once with full KV and once under a 20% memory budget (VSB + PaR,
-the engine defaults; a memory this short is under PaR's floor, so the answer reads all of it). Then it asks about the early, middle and late events and prints, per
-question, the ground truth, the full-KV answer and the compressed-memory answer, with how many of
-the event's tokens the compressed memory still holds.
+the engine defaults; a memory this short is under PaR's floor, so the answer reads all of it).
+Then it asks about the early, middle and late events and prints, per question, the ground truth,
+the full-KV answer and the compressed-memory answer, with how many of the event's tokens the
+compressed memory still holds.
 """
 
 from __future__ import annotations

@@ -93,10 +93,7 @@ def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_na
     if seeds or seed_start:
         settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
     if lengths:
-        known = [x.name for x in settings.lengths]
-        if set(lengths) - set(known):
-            raise ValueError(f"unknown lengths {sorted(set(lengths) - set(known))}; this preset has {known}")
-        settings = replace(settings, lengths=tuple(x for x in settings.lengths if x.name in lengths))
+        settings = replace(settings, lengths=arms.select(tuple(settings.lengths), lengths, kind="lengths"))
     if retrievals:
         settings = replace(settings, retrieval_arms=arms.select(arms.RETRIEVAL_ARMS, retrievals))
     index, count = shard
