@@ -216,3 +216,22 @@ def test_score_bias_is_the_z_score_by_fifth_of_memory_oldest_first():
     assert torch.allclose(flat, torch.zeros(5, dtype=torch.float64))
     masked = probes.score_bias(torch.tensor([5.0, -torch.inf, 1.0, 1.0, 1.0]))
     assert torch.isnan(masked[1]) and masked[0] > 0  # an unusable page is left out
+
+
+def test_every_preset_is_a_cli_choice_and_names_only_known_arms():
+    """runner.plan drops retrieval names it does not know, so a misspelt preset would silently ask less."""
+    from livevlm_ros.bench.cli import build_parser
+    from livevlm_ros.bench.fidelity.study import PRESETS
+
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "fidelity_preset")
+    assert tuple(choices) == tuple(PRESETS)
+    known = {r.name for r in arms.RETRIEVAL_ARMS}
+    for name, settings in PRESETS.items():
+        memory_names = {m.name for m in settings.memory_arms}
+        named = [m.retrievals for m in settings.memory_arms] + list((settings.long_plan or {}).values())
+        assert all(set(n) <= known for n in named if n is not None), name
+        assert set(settings.long_plan or {}) <= memory_names, name
+        assert all(runner.plan(settings, i) for i in range(len(settings.lengths))), name
+    options = runner.plan(PRESETS["options"], 0)
+    assert [m.name for m, _ in options] == ["vsb"] + [a.name for a in arms.SCORE_MEMORY]
+    assert all([r.name for r in chosen] == ["none"] for _, chosen in options)

@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
     p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
                    help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
-    p.add_argument("--fidelity-preset", choices=("full", "core", "retrieval", "pages"), default="full",
+    p.add_argument("--fidelity-preset", choices=("full", "core", "retrieval", "pages", "options"), default="full",
                    help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only; "
                         "retrieval: VSB under each PaR variant (5x, 10x); pages: 4x longer 5x streams, so PaR "
-                        "chooses among ~18 pages")
+                        "chooses among ~18 pages; options: VSB and its importance-score options on 5x streams")
     p.add_argument("--fidelity-seed-start", type=int, default=0, help="seed of the first stream (default 0)")
     p.add_argument("--fidelity-lengths", nargs="+", metavar="NAME", help="only these stream lengths of the preset "
                    "(e.g. 5x)")

@@ -53,7 +53,15 @@ PAGES = runner.StudySettings(
                                              "full": ("none", "par", "par-contrast")}.get(a.name, ("none",)))
                       for a in arms.select(arms.CORE_MEMORY, ("full", "random", "sliding", "vsb"))),
 )
-PRESETS = {"full": FULL, "core": CORE, "retrieval": RETRIEVAL, "pages": PAGES}
+#: The importance-score options (item 7) beside their reference, VSB with stream buckets, on 5x streams
+#: without retrieval (they change what memory keeps): paired with CORE's records by seed when merged.
+OPTIONS = runner.StudySettings(
+    seeds=tuple(range(40)),
+    lengths=(runner.StreamLength("5x", 48, 0.2),),
+    memory_arms=tuple(replace(a, retrievals=("none",))
+                      for a in arms.select(arms.MEMORY_ARMS, ("vsb",) + tuple(a.name for a in arms.SCORE_MEMORY))),
+)
+PRESETS = {"full": FULL, "core": CORE, "retrieval": RETRIEVAL, "pages": PAGES, "options": OPTIONS}
 QUICK = runner.StudySettings(
     seeds=tuple(range(2)),
     lengths=(runner.StreamLength("5x", 48, 0.2),),
