@@ -235,3 +235,24 @@ def test_every_preset_is_a_cli_choice_and_names_only_known_arms():
     options = runner.plan(PRESETS["options"], 0)
     assert [m.name for m, _ in options] == ["vsb"] + [a.name for a in arms.SCORE_MEMORY]
     assert all([r.name for r in chosen] == ["none"] for _, chosen in options)
+
+
+def test_study_settings_narrow_a_preset_and_refuse_unknown_names():
+    from livevlm_ros.bench.fidelity.study import CORE, QUICK, study_settings
+
+    s = study_settings("full", lengths=["5x"], memories=["random", "sliding", "topk"], retrievals=["none", "par"],
+                       seeds=40, shard=(1, 2))
+    assert [m.name for m in s.memory_arms] == ["random", "sliding", "topk"]
+    assert [r.name for r in s.retrieval_arms] == ["none", "par"]
+    assert s.seeds == tuple(range(1, 40, 2)) and s.lengths == CORE.lengths
+    assert [[r.name for r in chosen] for _, chosen in runner.plan(s, 0)] == [["none", "par"]] * 3
+    core = study_settings("core", memories=["random"], retrievals=["none", "par"])
+    assert [[r.name for r in chosen] for _, chosen in runner.plan(core, 0)] == [["none"]]  # core asks it without
+    assert study_settings("full", lengths=["10x"], seed_start=40, seeds=4).seeds == (40, 41, 42, 43)
+    assert study_settings("core", quick=True) == QUICK
+    with pytest.raises(ValueError, match="unknown memory arms"):
+        study_settings("core", memories=["vsb/frames"])  # an arm of another preset
+    with pytest.raises(ValueError, match="unknown lengths"):
+        study_settings("core", lengths=["10x"])
+    with pytest.raises(ValueError, match="shard"):
+        study_settings("core", shard=(2, 2))

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. 5x)")
     p.add_argument("--fidelity-retrievals", nargs="+", metavar="ARM",
                    help="only these retrieval arms (none, par, par-attn, par-contrast, par-default, ...)")
+    p.add_argument("--fidelity-memories", nargs="+", metavar="ARM",
+                   help="only these memory arms of the preset (full, random, sliding, topk, vsb-memory, vsb, vsb/...)")
     p.add_argument("--fidelity-merge", nargs="+", metavar="DIR", help="merge fidelity shard directories into --out")
     p.add_argument("--attention-memory", action="store_true",
                    help="only measure the peak extra memory of one clip prefill in one layer at LLaVA-OV-0.5B shapes "
@@ -350,7 +352,7 @@ def run(args, argv=None) -> None:
                   qwen_gguf=args.fidelity_qwen_gguf, progress=not args.no_progress, command=command,
                   shard=(int(index), int(count or 1)), preset=args.fidelity_preset,
                   seed_start=args.fidelity_seed_start, lengths=args.fidelity_lengths,
-                  retrievals=args.fidelity_retrievals)
+                  retrievals=args.fidelity_retrievals, memories=args.fidelity_memories)
         print(f"livevlm_bench: wrote {args.out}/fidelity.json, fidelity.md and plots", file=sys.stderr)
         return
     started = time.perf_counter()

@@ -84,9 +84,28 @@ def describe(settings: runner.StudySettings, model_name: str, weights: str) -> s
             f"95% CIs: bootstrap over streams (2000 resamples); paired gaps on the same questions.")
 
 
+def study_settings(preset: str = "full", quick: bool = False, seeds: Optional[int] = None, seed_start: int = 0,
+                   lengths=None, retrievals=None, memories=None, shard: tuple = (0, 1)) -> runner.StudySettings:
+    """The settings :func:`run` asks: the preset (or QUICK), narrowed to ``seeds`` streams from ``seed_start``,
+    the named lengths / retrieval arms / memory arms, and the shard's seeds. Unknown names raise ValueError."""
+    settings = QUICK if quick else PRESETS[preset]
+    if seeds or seed_start:
+        settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
+    if lengths:
+        settings = replace(settings, lengths=arms.select(tuple(settings.lengths), lengths, kind="lengths"))
+    if retrievals:
+        settings = replace(settings, retrieval_arms=arms.select(arms.RETRIEVAL_ARMS, retrievals))
+    if memories:
+        settings = replace(settings, memory_arms=arms.select(tuple(settings.memory_arms), memories, kind="memory arms"))
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
+    return replace(settings, seeds=tuple(s for s in settings.seeds if s % count == index))
+
+
 def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_names=(models.SMOLLM2,),
         qwen_gguf: str = "", progress: bool = True, command: str = "", shard: tuple = (0, 1),
-        preset: str = "full", seed_start: int = 0, lengths=None, retrievals=None) -> dict:
+        preset: str = "full", seed_start: int = 0, lengths=None, retrievals=None, memories=None) -> dict:
     """The study for each model in ``model_names``; returns ``{model: summary}`` and writes ``out_dir``.
 
     Args:
@@ -95,19 +114,10 @@ def run(out_dir: str, quick: bool = False, seeds: Optional[int] = None, model_na
         preset: a key of :data:`PRESETS` (ignored with ``quick``); seed_start: the first stream's seed.
         lengths: only the preset's stream lengths of these names (``None``: all).
         retrievals: only these retrieval arms (``None``: the preset's).
+        memories: only the preset's memory arms of these names (``None``: all).
     """
     os.makedirs(out_dir, exist_ok=True)
-    settings = QUICK if quick else PRESETS[preset]
-    if seeds or seed_start:
-        settings = replace(settings, seeds=tuple(range(seed_start, seed_start + (seeds or len(settings.seeds)))))
-    if lengths:
-        settings = replace(settings, lengths=arms.select(tuple(settings.lengths), lengths, kind="lengths"))
-    if retrievals:
-        settings = replace(settings, retrieval_arms=arms.select(arms.RETRIEVAL_ARMS, retrievals))
-    index, count = shard
-    if not 0 <= index < count:
-        raise ValueError(f"shard must be i/k with 0 <= i < k, got {index}/{count}")
-    settings = replace(settings, seeds=tuple(s for s in settings.seeds if s % count == index))
+    settings = study_settings(preset, quick, seeds, seed_start, lengths, retrievals, memories, shard)
     results = {}
     table = coverage.coverage_table()
     for name in model_names:
