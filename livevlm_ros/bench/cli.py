@@ -33,6 +33,7 @@ import torch
 from livevlm_ros.engine import TINY_MODELS, EngineConfig, load_video_llm
 
 from . import report
+from .fidelity.study import PRESETS as FIDELITY_PRESETS
 from .frames import DEFAULT_VIDEO, FrameSource
 from .layouts import LAYOUTS, build_layout
 from .policies import POLICY_NAMES
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-qwen-gguf", default="", help="path of the Qwen2.5-Coder-0.5B-Instruct GGUF")
     p.add_argument("--fidelity-shard", default="0/1", metavar="I/K",
                    help="only the streams whose seed is I modulo K (run K processes, then --fidelity-merge)")
-    p.add_argument("--fidelity-preset", choices=("full", "core", "retrieval", "pages", "options"), default="full",
+    p.add_argument("--fidelity-preset", choices=tuple(FIDELITY_PRESETS), default="full",
                    help="full: every arm on 5x and 10x streams; core: the six policies on 5x streams only; "
                         "retrieval: VSB under each PaR variant (5x, 10x); pages: 4x longer 5x streams, so PaR "
                         "chooses among ~18 pages; options: VSB and its importance-score options on 5x streams")
